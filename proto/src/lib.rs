@@ -1,0 +1,34 @@
+//! Followup's contracts, generated from `proto/followup/**.proto`.
+//!
+//! - `followup::<area>::v1`: the gRPC API of each service (messages, clients, servers);
+//! - `followup::events::v1`: every event carried on NATS (DESIGN §3);
+//! - [`FILE_DESCRIPTOR_SET`] / [`descriptor_pool`]: the same schemas at run time, for gRPC reflection and
+//!   for proto3 JSON (a publisher may send `Content-Type: application/json`).
+
+use std::sync::OnceLock;
+
+pub mod followup {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("followup.common.v1");
+        }
+    }
+    pub mod events {
+        pub mod v1 {
+            tonic::include_proto!("followup.events.v1");
+        }
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every Followup proto file.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("followup_descriptor");
+
+/// All Followup message descriptors, decoded once.
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: OnceLock<prost_reflect::DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        // The set is produced by build.rs from the same sources; failing to decode it is a build bug.
+        #[allow(clippy::expect_used)]
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("embedded descriptor set is valid")
+    })
+}

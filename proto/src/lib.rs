@@ -2,11 +2,16 @@
 //!
 //! - `followup::<area>::v1`: the gRPC API of each service (messages, clients, servers);
 //! - `followup::events::v1`: every event carried on NATS (DESIGN §3);
+//! - [`subjects`]: the stream and subject of each event, built and parsed from one table;
 //! - [`FILE_DESCRIPTOR_SET`] / [`descriptor_pool`]: the same schemas at run time, for gRPC reflection and
 //!   for proto3 JSON (a publisher may send `Content-Type: application/json`).
 
 use std::sync::OnceLock;
 
+pub mod subjects;
+
+// Generated code: prost and tonic output is not held to the workspace's clippy lints.
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
 pub mod followup {
     pub mod common {
         pub mod v1 {
@@ -29,6 +34,7 @@ pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
     POOL.get_or_init(|| {
         // The set is produced by build.rs from the same sources; failing to decode it is a build bug.
         #[allow(clippy::expect_used)]
-        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("embedded descriptor set is valid")
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("embedded descriptor set is valid")
     })
 }

@@ -1,0 +1,8 @@
+//! The platform's integration tests: real PostgreSQL (a fresh database per test) and a private
+//! `nats-server` per test.
+#![allow(clippy::unwrap_used)]
+
+mod consumer;
+mod outbox;
+mod serve;
+mod support;

@@ -23,6 +23,31 @@ pub mod followup {
             tonic::include_proto!("followup.events.v1");
         }
     }
+    pub mod plans {
+        pub mod v1 {
+            tonic::include_proto!("followup.plans.v1");
+        }
+    }
+    pub mod cases {
+        pub mod v1 {
+            tonic::include_proto!("followup.cases.v1");
+        }
+    }
+    pub mod engagement {
+        pub mod v1 {
+            tonic::include_proto!("followup.engagement.v1");
+        }
+    }
+    pub mod scheduler {
+        pub mod v1 {
+            tonic::include_proto!("followup.scheduler.v1");
+        }
+    }
+    pub mod notifications {
+        pub mod v1 {
+            tonic::include_proto!("followup.notifications.v1");
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of every Followup proto file.

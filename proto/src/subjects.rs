@@ -75,10 +75,10 @@ impl Stream {
         Stream::ALL.into_iter().find(|s| s.prefix() == prefix)
     }
 
-    /// Where a consumer of this stream sends what it cannot decode: `deadletter.<STREAM NAME>`,
-    /// e.g. `deadletter.CLINIC` (the stream's name as is, so an operator sees which stream it came from).
+    /// Where a consumer of this stream sends what it cannot decode: `deadletter.<prefix>`, e.g.
+    /// `deadletter.clinic` (the same form as `followup_platform::jetstream::deadletter_subject`).
     pub fn deadletter_subject(self) -> String {
-        format!("{}.{}", Stream::Deadletter.prefix(), self.name())
+        format!("{}.{}", Stream::Deadletter.prefix(), self.prefix())
     }
 
     /// Every subject of one tenant in this stream: `clinic.<tenant>.>`, `followup.<tenant>.>`,
@@ -475,7 +475,7 @@ mod tests {
             "clinic.*.appointment.no_show"
         );
         assert_eq!(ev::BeaconBatch::KIND.filter_subject(), "beacons.*");
-        assert_eq!(Stream::Clinic.deadletter_subject(), "deadletter.CLINIC");
+        assert_eq!(Stream::Clinic.deadletter_subject(), "deadletter.clinic");
         assert_eq!(
             Stream::Followup.tenant_filter("acme").as_deref(),
             Ok("followup.acme.>")
@@ -521,7 +521,7 @@ mod tests {
             "followup.acme.plan_sent",
             "followup.*.plans.plan_sent",
             "beacons.acme.extra",
-            "deadletter.CLINIC",
+            "deadletter.clinic",
             "other.acme.patient.upserted",
         ] {
             assert!(parse(subject).is_err(), "{subject:?} parsed");

@@ -1,1 +1,55 @@
-fn main() {}
+//! `followup`: the dev stack, tokens, and the admin client.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod dev;
+mod keys;
+mod services;
+
+#[derive(Parser)]
+#[command(
+    name = "followup",
+    version,
+    about = "Followup: every treatment plan, no-show and cancellation followed up"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system on this machine: NATS, PostgreSQL and all five services.
+    Dev(dev::DevArgs),
+    /// Print a staff token signed with the dev stack's key (for grpcurl and the admin commands).
+    Token(keys::TokenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("followup: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Token(args) => keys::print_token(args),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("followup: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,28 @@
-//! placeholder
+//! The notifications service. Contacts, consent, templates and channels: exactly one message per intent, never to someone who said stop.
+
+pub mod config;
+pub mod grpc;
+
+use followup_platform::service::{Platform, Running, ServiceInfo, StartError};
+use sqlx::migrate::Migrator;
+
+pub use config::{Config, Settings};
+
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: "notifications",
+    grpc_port: 50055,
+    admin_port: 9095,
+};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+pub struct Service;
+
+impl Service {
+    /// Connects, migrates, declares streams and consumers, and serves on the configured addresses.
+    pub async fn build(config: Config) -> Result<Running, StartError> {
+        let platform = Platform::start(INFO, config.common, &MIGRATOR).await?;
+        let auth = platform.authenticator();
+        platform.serve(grpc::services(auth), vec![]).await
+    }
+}

@@ -40,9 +40,12 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let database = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&state.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let database = tokio::time::timeout(
+        Duration::from_secs(1),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let accepting = !state.shutdown.is_triggered();
     let ready = database && nats && accepting;
@@ -50,16 +53,25 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         "status": if ready { "ready" } else { "not ready" },
         "checks": { "database": database, "nats": nats, "accepting": accepting },
     }));
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, body)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    if let Ok(Ok(backlog)) = tokio::time::timeout(Duration::from_secs(1), crate::outbox::backlog(&state.pool)).await {
+    if let Ok(Ok(backlog)) =
+        tokio::time::timeout(Duration::from_secs(1), crate::outbox::backlog(&state.pool)).await
+    {
         state.metrics.outbox_backlog.set(backlog);
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

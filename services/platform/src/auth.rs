@@ -34,7 +34,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::Dentist, Role::FrontDesk, Role::System];
+    pub const ALL: [Role; 5] = [
+        Role::Owner,
+        Role::Admin,
+        Role::Dentist,
+        Role::FrontDesk,
+        Role::System,
+    ];
     /// Everyone who works in the clinic (not integrations).
     pub const STAFF: [Role; 4] = [Role::Owner, Role::Admin, Role::Dentist, Role::FrontDesk];
 
@@ -61,7 +67,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (one of owner, admin, dentist, front_desk, system)"))
+            .ok_or_else(|| {
+                format!("unknown role `{s}` (one of owner, admin, dentist, front_desk, system)")
+            })
     }
 }
 
@@ -134,15 +142,26 @@ struct VerifyingKey {
 fn verifying_key(pem: &str) -> Result<VerifyingKey, AuthError> {
     let bytes = pem.trim().as_bytes();
     if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
-        return Ok(VerifyingKey { key, algorithm: Algorithm::EdDSA });
+        return Ok(VerifyingKey {
+            key,
+            algorithm: Algorithm::EdDSA,
+        });
     }
     if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
-        return Ok(VerifyingKey { key, algorithm: Algorithm::RS256 });
+        return Ok(VerifyingKey {
+            key,
+            algorithm: Algorithm::RS256,
+        });
     }
     if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
-        return Ok(VerifyingKey { key, algorithm: Algorithm::ES256 });
+        return Ok(VerifyingKey {
+            key,
+            algorithm: Algorithm::ES256,
+        });
     }
-    Err(AuthError::Key("not an Ed25519, RSA or EC public key in PEM form".into()))
+    Err(AuthError::Key(
+        "not an Ed25519, RSA or EC public key in PEM form".into(),
+    ))
 }
 
 fn verify_with<T: DeserializeOwned>(
@@ -167,8 +186,12 @@ fn verify_with<T: DeserializeOwned>(
                 use jsonwebtoken::errors::ErrorKind;
                 last = match err.kind() {
                     ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
-                    ErrorKind::InvalidAudience => return Err(AuthError::Invalid(format!("audience is not `{audience}`"))),
-                    ErrorKind::InvalidIssuer => return Err(AuthError::Invalid("unexpected issuer".into())),
+                    ErrorKind::InvalidAudience => {
+                        return Err(AuthError::Invalid(format!("audience is not `{audience}`")));
+                    }
+                    ErrorKind::InvalidIssuer => {
+                        return Err(AuthError::Invalid("unexpected issuer".into()));
+                    }
                     // A signature or algorithm mismatch may be another key's token: try the next key.
                     ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                         AuthError::Invalid("signature does not verify".into())
@@ -198,7 +221,10 @@ impl Verifier {
                 .map_err(|e| AuthError::Key(format!("reading {}: {e}", path.display())))?;
             pems.push(pem);
         }
-        let keys = pems.iter().map(|p| verifying_key(p)).collect::<Result<Vec<_>, _>>()?;
+        let keys = pems
+            .iter()
+            .map(|p| verifying_key(p))
+            .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Err(AuthError::Key("auth.jwt_public_keys is empty".into()));
         }
@@ -211,20 +237,37 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let claims: Claims = verify_with(&self.keys, token, &self.audience, self.issuer.as_deref(), self.leeway)?;
+        let claims: Claims = verify_with(
+            &self.keys,
+            token,
+            &self.audience,
+            self.issuer.as_deref(),
+            self.leeway,
+        )?;
         if !is_valid_tenant(&claims.tenant) {
-            return Err(AuthError::Invalid("tenant claim is not a valid clinic id".into()));
+            return Err(AuthError::Invalid(
+                "tenant claim is not a valid clinic id".into(),
+            ));
         }
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid("sub claim is empty".into()));
         }
-        Ok(Caller { tenant: claims.tenant, sub: claims.sub, role: claims.role })
+        Ok(Caller {
+            tenant: claims.tenant,
+            sub: claims.sub,
+            role: claims.role,
+        })
     }
 
     /// Reads the bearer token of gRPC metadata.
-    pub fn verify_metadata(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, AuthError> {
+    pub fn verify_metadata(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, AuthError> {
         let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
-        let value = value.to_str().map_err(|_| AuthError::Invalid("authorization is not ASCII".into()))?;
+        let value = value
+            .to_str()
+            .map_err(|_| AuthError::Invalid("authorization is not ASCII".into()))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
@@ -246,7 +289,10 @@ impl Authenticator {
 }
 
 impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let caller = self.verifier.verify_metadata(request.metadata())?;
         tracing::Span::current().record("tenant", caller.tenant.as_str());
         request.extensions_mut().insert(caller);
@@ -273,7 +319,9 @@ pub struct KeyPair {
 
 impl fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyPair").field("public_pem", &self.public_pem).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("public_pem", &self.public_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -281,13 +329,18 @@ impl KeyPair {
     /// A fresh random key pair (dev stack, tests, key rotation tooling).
     pub fn generate() -> Result<Self, AuthError> {
         let signing = SigningKey::generate(&mut rand::rngs::OsRng);
-        let private_pem =
-            signing.to_pkcs8_pem(LineEnding::LF).map_err(|e| AuthError::Key(e.to_string()))?.to_string();
+        let private_pem = signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| AuthError::Key(e.to_string()))?
+            .to_string();
         let public_pem = signing
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| AuthError::Key(e.to_string()))?;
-        Ok(Self { private_pem, public_pem })
+        Ok(Self {
+            private_pem,
+            public_pem,
+        })
     }
 }
 
@@ -361,17 +414,24 @@ pub struct PortalVerifier {
 
 impl PortalVerifier {
     pub fn from_pems(pems: &[String]) -> Result<Self, AuthError> {
-        let keys = pems.iter().map(|p| verifying_key(p)).collect::<Result<Vec<_>, _>>()?;
+        let keys = pems
+            .iter()
+            .map(|p| verifying_key(p))
+            .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Err(AuthError::Key("no portal public key configured".into()));
         }
-        Ok(Self { keys: Arc::new(keys) })
+        Ok(Self {
+            keys: Arc::new(keys),
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<PortalClaims, AuthError> {
         let claims: PortalClaims = verify_with(&self.keys, token, PORTAL_AUDIENCE, None, 0)?;
         if !is_valid_tenant(&claims.tenant) {
-            return Err(AuthError::Invalid("tenant claim is not a valid clinic id".into()));
+            return Err(AuthError::Invalid(
+                "tenant claim is not a valid clinic id".into(),
+            ));
         }
         Ok(claims)
     }
@@ -398,9 +458,24 @@ mod tests {
     #[test]
     fn a_signed_token_verifies() {
         let (signer, verifier) = setup();
-        let token = signer.staff_token("c1", "staff-1", Role::Dentist, "followup", Duration::from_secs(60)).expect("token");
+        let token = signer
+            .staff_token(
+                "c1",
+                "staff-1",
+                Role::Dentist,
+                "followup",
+                Duration::from_secs(60),
+            )
+            .expect("token");
         let caller = verifier.verify(&token).expect("verifies");
-        assert_eq!(caller, Caller { tenant: "c1".into(), sub: "staff-1".into(), role: Role::Dentist });
+        assert_eq!(
+            caller,
+            Caller {
+                tenant: "c1".into(),
+                sub: "staff-1".into(),
+                role: Role::Dentist
+            }
+        );
         assert!(caller.require(&[Role::Dentist, Role::Owner]).is_ok());
         let denied = caller.require(&[Role::Owner]).expect_err("denied");
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -421,22 +496,51 @@ mod tests {
                 iss: None,
             })
             .expect("token");
-        assert_eq!(verifier.verify(&expired).expect_err("expired"), AuthError::Expired);
+        assert_eq!(
+            verifier.verify(&expired).expect_err("expired"),
+            AuthError::Expired
+        );
 
-        let good = signer.staff_token("c1", "s", Role::Owner, "followup", Duration::from_secs(60)).expect("token");
+        let good = signer
+            .staff_token("c1", "s", Role::Owner, "followup", Duration::from_secs(60))
+            .expect("token");
         let mut parts: Vec<String> = good.split('.').map(String::from).collect();
         // Swap the payload for one claiming another clinic; the signature no longer matches.
-        let forged = signer.staff_token("c2", "s", Role::Owner, "followup", Duration::from_secs(60)).expect("token");
+        let forged = signer
+            .staff_token("c2", "s", Role::Owner, "followup", Duration::from_secs(60))
+            .expect("token");
         parts[1] = forged.split('.').nth(1).unwrap_or_default().to_string();
-        assert!(matches!(verifier.verify(&parts.join(".")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            verifier.verify(&parts.join(".")),
+            Err(AuthError::Invalid(_))
+        ));
 
         let (other_signer, _) = setup();
-        let foreign = other_signer.staff_token("c1", "s", Role::Owner, "followup", Duration::from_secs(60)).expect("t");
-        assert!(matches!(verifier.verify(&foreign), Err(AuthError::Invalid(_))));
+        let foreign = other_signer
+            .staff_token("c1", "s", Role::Owner, "followup", Duration::from_secs(60))
+            .expect("t");
+        assert!(matches!(
+            verifier.verify(&foreign),
+            Err(AuthError::Invalid(_))
+        ));
 
-        let portal = signer.staff_token("c1", "s", Role::Owner, PORTAL_AUDIENCE, Duration::from_secs(60)).expect("t");
-        assert!(matches!(verifier.verify(&portal), Err(AuthError::Invalid(_))));
-        assert!(matches!(verifier.verify("not-a-jwt"), Err(AuthError::Invalid(_))));
+        let portal = signer
+            .staff_token(
+                "c1",
+                "s",
+                Role::Owner,
+                PORTAL_AUDIENCE,
+                Duration::from_secs(60),
+            )
+            .expect("t");
+        assert!(matches!(
+            verifier.verify(&portal),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            verifier.verify("not-a-jwt"),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -455,7 +559,9 @@ mod tests {
         let verifier = Verifier::from_config(&config).expect("verifier");
         for pair in [old, new] {
             let signer = Signer::from_pem(&pair.private_pem).expect("signer");
-            let token = signer.staff_token("c1", "s", Role::System, "followup", Duration::from_secs(60)).expect("t");
+            let token = signer
+                .staff_token("c1", "s", Role::System, "followup", Duration::from_secs(60))
+                .expect("t");
             assert!(verifier.verify(&token).is_ok());
         }
     }
@@ -475,7 +581,8 @@ mod tests {
             exp: now + 60,
         };
         let token = signer.sign(&claims).expect("token");
-        let verifier = PortalVerifier::from_pems(std::slice::from_ref(&pair.public_pem)).expect("verifier");
+        let verifier =
+            PortalVerifier::from_pems(std::slice::from_ref(&pair.public_pem)).expect("verifier");
         assert_eq!(verifier.verify(&token).expect("verifies"), claims);
 
         let staff = Verifier::from_config(&AuthConfig {
@@ -486,13 +593,19 @@ mod tests {
             leeway_secs: 0,
         })
         .expect("verifier");
-        assert!(staff.verify(&token).is_err(), "a portal link must not work as a staff token");
+        assert!(
+            staff.verify(&token).is_err(),
+            "a portal link must not work as a staff token"
+        );
     }
 
     #[test]
     fn metadata_without_bearer_is_missing() {
         let (_, verifier) = setup();
         let metadata = tonic::metadata::MetadataMap::new();
-        assert_eq!(verifier.verify_metadata(&metadata).expect_err("missing"), AuthError::Missing);
+        assert_eq!(
+            verifier.verify_metadata(&metadata).expect_err("missing"),
+            AuthError::Missing
+        );
     }
 }

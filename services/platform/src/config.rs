@@ -133,7 +133,10 @@ impl CommonConfig {
     /// Defaults for one service: its default ports, local NATS and PostgreSQL.
     pub fn defaults(info: &ServiceInfo) -> Self {
         Self {
-            database_url: Secret::new(format!("postgres://postgres@127.0.0.1:5432/followup_{}", info.name)),
+            database_url: Secret::new(format!(
+                "postgres://postgres@127.0.0.1:5432/followup_{}",
+                info.name
+            )),
             database_max_connections: 16,
             startup_timeout_secs: 60,
             nats_url: "nats://127.0.0.1:4222".into(),
@@ -148,9 +151,20 @@ impl CommonConfig {
                 jwt_issuer: None,
                 leeway_secs: 30,
             },
-            log: LogConfig { format: LogFormat::Json, filter: "info".into() },
-            outbox: OutboxConfig { batch_size: 500, poll_interval_ms: 1000, retention_hours: 24 },
-            consumer: ConsumerConfig { batch_size: 256, concurrency: 2, inbox_retention_hours: 24 * 7 },
+            log: LogConfig {
+                format: LogFormat::Json,
+                filter: "info".into(),
+            },
+            outbox: OutboxConfig {
+                batch_size: 500,
+                poll_interval_ms: 1000,
+                retention_hours: 24,
+            },
+            consumer: ConsumerConfig {
+                batch_size: 256,
+                concurrency: 2,
+                inbox_retention_hours: 24 * 7,
+            },
             shutdown_grace_secs: 20,
         }
     }
@@ -168,7 +182,10 @@ impl CommonConfig {
         let bad = |key: &str, reason: String| Err(ConfigError::invalid(info, key, reason));
         let url = self.database_url.expose();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return bad("database_url", "must be a postgres:// or postgresql:// URL".into());
+            return bad(
+                "database_url",
+                "must be a postgres:// or postgresql:// URL".into(),
+            );
         }
         if self.database_max_connections == 0 {
             return bad("database_max_connections", "must be at least 1".into());
@@ -177,7 +194,10 @@ impl CommonConfig {
             return bad("nats_url", "must name at least one NATS server".into());
         }
         if !(1..=5).contains(&self.stream_replicas) {
-            return bad("stream_replicas", format!("must be between 1 and 5, got {}", self.stream_replicas));
+            return bad(
+                "stream_replicas",
+                format!("must be between 1 and 5, got {}", self.stream_replicas),
+            );
         }
         if self.auth.jwt_public_keys.is_empty() && self.auth.jwt_public_key_files.is_empty() {
             return bad(
@@ -190,7 +210,10 @@ impl CommonConfig {
             return bad("outbox.batch_size", "must be at least 1".into());
         }
         if self.consumer.batch_size == 0 || self.consumer.concurrency == 0 {
-            return bad("consumer", "batch_size and concurrency must be at least 1".into());
+            return bad(
+                "consumer",
+                "batch_size and concurrency must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -203,19 +226,31 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(String),
     #[error("configuration key `{key}` (env {env}): {reason}")]
-    Invalid { key: String, env: String, reason: String },
+    Invalid {
+        key: String,
+        env: String,
+        reason: String,
+    },
 }
 
 impl ConfigError {
     pub fn invalid(info: &ServiceInfo, key: &str, reason: String) -> Self {
-        Self::Invalid { key: key.to_string(), env: env_var_name(info, key), reason }
+        Self::Invalid {
+            key: key.to_string(),
+            env: env_var_name(info, key),
+            reason,
+        }
     }
 }
 
 /// The environment variable that sets `key` for one service: `auth.jwt_audience` →
 /// `FOLLOWUP_PLANS__AUTH__JWT_AUDIENCE`.
 pub fn env_var_name(info: &ServiceInfo, key: &str) -> String {
-    format!("{}{}", env_prefix(info), key.replace('.', "__").to_uppercase())
+    format!(
+        "{}{}",
+        env_prefix(info),
+        key.replace('.', "__").to_uppercase()
+    )
 }
 
 fn env_prefix(info: &ServiceInfo) -> String {
@@ -236,12 +271,20 @@ pub struct Sources {
 impl Sources {
     /// Defaults, `FOLLOWUP_CONFIG` file, environment: what a deployed service reads.
     pub fn from_environment() -> Self {
-        Self { file: None, env: true, overrides: Vec::new() }
+        Self {
+            file: None,
+            env: true,
+            overrides: Vec::new(),
+        }
     }
 
     /// Defaults and the given overrides only, whatever the environment holds (tests, the dev stack).
     pub fn overrides_only() -> Self {
-        Self { file: None, env: false, overrides: Vec::new() }
+        Self {
+            file: None,
+            env: false,
+            overrides: Vec::new(),
+        }
     }
 
     /// Sets `key` (dotted for nested keys) to a value.
@@ -249,24 +292,37 @@ impl Sources {
         match Value::serialize(value) {
             Ok(value) => self.overrides.push((key.to_string(), value)),
             // Serializing plain values into figment cannot fail; keep the key so the error surfaces on load.
-            Err(err) => self.overrides.push((key.to_string(), Value::from(format!("unserializable: {err}")))),
+            Err(err) => self.overrides.push((
+                key.to_string(),
+                Value::from(format!("unserializable: {err}")),
+            )),
         }
         self
     }
 }
 
 /// Loads the platform's and the service's configuration from the same layers and validates them.
-pub fn load<S>(info: &ServiceInfo, service_defaults: S, sources: Sources) -> Result<(CommonConfig, S), ConfigError>
+pub fn load<S>(
+    info: &ServiceInfo,
+    service_defaults: S,
+    sources: Sources,
+) -> Result<(CommonConfig, S), ConfigError>
 where
     S: Serialize + DeserializeOwned,
 {
     let common_defaults = CommonConfig::defaults(info);
-    let mut figment =
-        Figment::from(Serialized::defaults(&common_defaults)).merge(Serialized::defaults(&service_defaults));
-    let file = sources.file.clone().or_else(|| std::env::var_os("FOLLOWUP_CONFIG").map(PathBuf::from));
+    let mut figment = Figment::from(Serialized::defaults(&common_defaults))
+        .merge(Serialized::defaults(&service_defaults));
+    let file = sources
+        .file
+        .clone()
+        .or_else(|| std::env::var_os("FOLLOWUP_CONFIG").map(PathBuf::from));
     if let Some(path) = &file {
         if !Path::new(path).is_file() {
-            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         figment = figment.merge(Toml::file(path));
     }
@@ -279,7 +335,10 @@ where
         figment = figment.merge(Serialized::default(&key, value));
     }
 
-    reject_unknown_keys(&figment, &[to_dict(&common_defaults)?, to_dict(&service_defaults)?])?;
+    reject_unknown_keys(
+        &figment,
+        &[to_dict(&common_defaults)?, to_dict(&service_defaults)?],
+    )?;
     let common: CommonConfig = figment.extract().map_err(|e| describe(info, e))?;
     let service: S = figment.extract().map_err(|e| describe(info, e))?;
     common.validate(info)?;
@@ -292,11 +351,19 @@ fn describe(info: &ServiceInfo, err: figment::Error) -> ConfigError {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".").to_lowercase();
-            let source = e.metadata.as_ref().map(|m| format!(", from {}", m.name)).unwrap_or_default();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(", from {}", m.name))
+                .unwrap_or_default();
             if key.is_empty() {
                 format!("{}{source}", e.kind)
             } else {
-                format!("key `{key}` (env {}): {}{source}", env_var_name(info, &key), e.kind)
+                format!(
+                    "key `{key}` (env {}): {}{source}",
+                    env_var_name(info, &key),
+                    e.kind
+                )
             }
         })
         .collect();
@@ -313,7 +380,9 @@ fn reject_unknown_keys(figment: &Figment, known: &[serde_json::Value]) -> Result
     for value in known {
         collect_keys("", value, &mut known_keys);
     }
-    let data = figment.data().map_err(|e| ConfigError::Load(e.to_string()))?;
+    let data = figment
+        .data()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
     for dict in data.values() {
         check_dict("", dict, &known_keys, figment)?;
     }
@@ -323,22 +392,37 @@ fn reject_unknown_keys(figment: &Figment, known: &[serde_json::Value]) -> Result
 fn collect_keys(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
     if let serde_json::Value::Object(map) = value {
         for (key, child) in map {
-            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             collect_keys(&path, child, out);
             out.insert(path);
         }
     }
 }
 
-fn check_dict(prefix: &str, dict: &Dict, known: &BTreeSet<String>, figment: &Figment) -> Result<(), ConfigError> {
+fn check_dict(
+    prefix: &str,
+    dict: &Dict,
+    known: &BTreeSet<String>,
+    figment: &Figment,
+) -> Result<(), ConfigError> {
     for (key, value) in dict {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         if !known.contains(&path) {
             let source = figment
                 .find_metadata(&path)
                 .and_then(|meta| meta.source.as_ref().map(|s| format!(" (from {s})")))
                 .unwrap_or_default();
-            return Err(ConfigError::Load(format!("unknown configuration key `{path}`{source}")));
+            return Err(ConfigError::Load(format!(
+                "unknown configuration key `{path}`{source}"
+            )));
         }
         // Maps with free-form keys (e.g. a table of templates) are the service's business: only descend
         // into dicts whose own keys the defaults spell out.
@@ -361,7 +445,11 @@ pub struct NoServiceConfig {}
 mod tests {
     use super::*;
 
-    const INFO: ServiceInfo = ServiceInfo { name: "plans", grpc_port: 50051, admin_port: 9091 };
+    const INFO: ServiceInfo = ServiceInfo {
+        name: "plans",
+        grpc_port: 50051,
+        admin_port: 9091,
+    };
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
     struct PlansOnly {
@@ -370,7 +458,10 @@ mod tests {
     }
 
     fn plans_defaults() -> PlansOnly {
-        PlansOnly { portal_base_url: "http://localhost:8081".into(), signing_key: Secret::default() }
+        PlansOnly {
+            portal_base_url: "http://localhost:8081".into(),
+            signing_key: Secret::default(),
+        }
     }
 
     fn with_key() -> Sources {
@@ -379,8 +470,12 @@ mod tests {
 
     #[test]
     fn defaults_then_overrides() {
-        let (common, plans) = load(&INFO, plans_defaults(), with_key().set("grpc_addr", "127.0.0.1:0"))
-            .expect("valid configuration");
+        let (common, plans) = load(
+            &INFO,
+            plans_defaults(),
+            with_key().set("grpc_addr", "127.0.0.1:0"),
+        )
+        .expect("valid configuration");
         assert_eq!(common.grpc_addr.port(), 0);
         assert_eq!(common.admin_addr.port(), 9091);
         assert_eq!(plans.portal_base_url, "http://localhost:8081");
@@ -395,7 +490,8 @@ mod tests {
             jail.set_env("FOLLOWUP_PLANS__AUTH__JWT_AUDIENCE", "clinic-api");
             jail.set_env("FOLLOWUP_PLANS__AUTH__JWT_PUBLIC_KEYS", "[PEM]");
             jail.set_env("FOLLOWUP_PLANS__PORTAL_BASE_URL", "https://portal.example");
-            let (common, plans) = load(&INFO, plans_defaults(), Sources::from_environment()).expect("loads");
+            let (common, plans) =
+                load(&INFO, plans_defaults(), Sources::from_environment()).expect("loads");
             assert_eq!(common.nats_url, "nats://shared:4222");
             assert_eq!(common.database_max_connections, 7);
             assert_eq!(common.auth.jwt_audience, "clinic-api");
@@ -407,8 +503,15 @@ mod tests {
     #[test]
     fn file_layer() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("plans.toml", "nats_url = \"nats://from-file:4222\"\n[auth]\njwt_public_keys = [\"PEM\"]\n")?;
-            let sources = Sources { file: Some("plans.toml".into()), env: false, overrides: vec![] };
+            jail.create_file(
+                "plans.toml",
+                "nats_url = \"nats://from-file:4222\"\n[auth]\njwt_public_keys = [\"PEM\"]\n",
+            )?;
+            let sources = Sources {
+                file: Some("plans.toml".into()),
+                env: false,
+                overrides: vec![],
+            };
             let (common, _) = load(&INFO, plans_defaults(), sources).expect("loads");
             assert_eq!(common.nats_url, "nats://from-file:4222");
             Ok(())
@@ -419,10 +522,14 @@ mod tests {
     fn a_bad_value_names_its_key_and_variable() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FOLLOWUP_PLANS__DATABASE_MAX_CONNECTIONS", "many");
-            let err = load(&INFO, plans_defaults(), Sources::from_environment()).expect_err("refused");
+            let err =
+                load(&INFO, plans_defaults(), Sources::from_environment()).expect_err("refused");
             let text = err.to_string();
             assert!(text.contains("database_max_connections"), "{text}");
-            assert!(text.contains("FOLLOWUP_PLANS__DATABASE_MAX_CONNECTIONS"), "{text}");
+            assert!(
+                text.contains("FOLLOWUP_PLANS__DATABASE_MAX_CONNECTIONS"),
+                "{text}"
+            );
             Ok(())
         });
     }
@@ -431,7 +538,8 @@ mod tests {
     fn an_unknown_key_is_refused() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FOLLOWUP_PLANS__DATABSE_URL", "postgres://typo");
-            let err = load(&INFO, plans_defaults(), Sources::from_environment()).expect_err("refused");
+            let err =
+                load(&INFO, plans_defaults(), Sources::from_environment()).expect_err("refused");
             let text = err.to_string();
             assert!(text.contains("databse_url"), "{text}");
             Ok(())
@@ -440,8 +548,16 @@ mod tests {
 
     #[test]
     fn an_invalid_value_names_the_key() {
-        let err = load(&INFO, plans_defaults(), with_key().set("database_url", "mysql://x")).expect_err("refused");
-        assert!(err.to_string().contains("FOLLOWUP_PLANS__DATABASE_URL"), "{err}");
+        let err = load(
+            &INFO,
+            plans_defaults(),
+            with_key().set("database_url", "mysql://x"),
+        )
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("FOLLOWUP_PLANS__DATABASE_URL"),
+            "{err}"
+        );
         let err = load(&INFO, plans_defaults(), Sources::overrides_only()).expect_err("no keys");
         assert!(err.to_string().contains("auth.jwt_public_keys"), "{err}");
     }
@@ -459,6 +575,9 @@ mod tests {
         let printed = format!("{common:?} {plans:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("BEGIN PRIVATE KEY"), "{printed}");
-        assert_eq!(common.database_url.expose(), "postgres://app:hunter2@db/plans");
+        assert_eq!(
+            common.database_url.expose(),
+            "postgres://app:hunter2@db/plans"
+        );
     }
 }

@@ -57,7 +57,9 @@ impl From<sqlx::Error> for HandlerError {
             // Data exceptions and constraint violations come from the event's content: retrying changes
             // nothing. Everything else (connection, deadlock, a bug in our SQL) is retried.
             sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
+                if db
+                    .code()
+                    .is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
             {
                 Self::Invalid(format!("rejected by the database: {}", db.message()))
             }
@@ -78,7 +80,11 @@ impl From<OutboxError> for HandlerError {
 /// A service's reaction to one event, inside the runner's transaction. Use `conn` for every write
 /// (including [`crate::outbox::enqueue`]) so the effect, its events and the inbox record commit together.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 enum Outcome {
@@ -133,7 +139,11 @@ impl<H: Handler> Consumer<H> {
             let this = self.clone();
             let consumer = consumer.clone();
             let shutdown = shutdown.clone();
-            tasks.push(shutdown.clone().spawn(async move { this.work(worker, consumer, shutdown).await }));
+            tasks.push(
+                shutdown
+                    .clone()
+                    .spawn(async move { this.work(worker, consumer, shutdown).await }),
+            );
         }
         for task in tasks {
             let _ = task.await;
@@ -222,7 +232,9 @@ impl<H: Handler> Consumer<H> {
         }
         self.metrics
             .consumer_pending
-            .get_or_create(&ConsumerLabels { consumer: self.spec.durable.clone() })
+            .get_or_create(&ConsumerLabels {
+                consumer: self.spec.durable.clone(),
+            })
             .set(pending as i64);
 
         let applied = match self.apply_batch(&envelopes).await {
@@ -239,7 +251,10 @@ impl<H: Handler> Consumer<H> {
             let outcome = outcome.unwrap_or(Outcome::Transient("not processed".into()));
             self.metrics
                 .consumer_events
-                .get_or_create(&OutcomeLabels { consumer: self.spec.durable.clone(), outcome: outcome.label() })
+                .get_or_create(&OutcomeLabels {
+                    consumer: self.spec.durable.clone(),
+                    outcome: outcome.label(),
+                })
                 .inc();
             let acked = match &outcome {
                 Outcome::Applied | Outcome::Duplicate => message.ack().await,
@@ -255,7 +270,9 @@ impl<H: Handler> Consumer<H> {
                     }
                     Err(err) => {
                         tracing::warn!(consumer = %self.spec.durable, error = %err, "dead-letter publish failed");
-                        message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                        message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await
                     }
                 },
                 Outcome::Transient(reason) => {
@@ -280,7 +297,10 @@ impl<H: Handler> Consumer<H> {
 
     /// The fast path: one transaction, one inbox insert for the batch. Any handler failure → Err, and the
     /// caller replays the batch one event at a time.
-    async fn apply_batch(&self, envelopes: &[Option<Envelope>]) -> Result<Vec<Option<Outcome>>, HandlerError> {
+    async fn apply_batch(
+        &self,
+        envelopes: &[Option<Envelope>],
+    ) -> Result<Vec<Option<Outcome>>, HandlerError> {
         let mut tx = self.pool.begin().await?;
         let usable: Vec<&Envelope> = envelopes.iter().flatten().collect();
         let fresh: HashSet<(String, String)> = if usable.is_empty() {
@@ -326,7 +346,12 @@ impl<H: Handler> Consumer<H> {
 
     /// The careful path: a savepoint per event, so each event's outcome is its own.
     async fn apply_one_by_one(&self, envelopes: &[Option<Envelope>]) -> Vec<Option<Outcome>> {
-        let transient = |reason: String| envelopes.iter().map(|_| Some(Outcome::Transient(reason.clone()))).collect();
+        let transient = |reason: String| {
+            envelopes
+                .iter()
+                .map(|_| Some(Outcome::Transient(reason.clone())))
+                .collect()
+        };
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(err) => return transient(err.to_string()),
@@ -337,11 +362,13 @@ impl<H: Handler> Consumer<H> {
                 outcomes.push(None);
                 continue;
             };
-            outcomes.push(Some(match self.apply_in_savepoint(&mut tx, envelope).await {
-                Ok(outcome) => outcome,
-                Err(HandlerError::Invalid(reason)) => Outcome::Invalid(reason),
-                Err(HandlerError::Transient(reason)) => Outcome::Transient(reason),
-            }));
+            outcomes.push(Some(
+                match self.apply_in_savepoint(&mut tx, envelope).await {
+                    Ok(outcome) => outcome,
+                    Err(HandlerError::Invalid(reason)) => Outcome::Invalid(reason),
+                    Err(HandlerError::Transient(reason)) => Outcome::Transient(reason),
+                },
+            ));
         }
         match tx.commit().await {
             Ok(()) => outcomes,
@@ -349,7 +376,11 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    async fn apply_in_savepoint(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<Outcome, HandlerError> {
+    async fn apply_in_savepoint(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<Outcome, HandlerError> {
         let mut savepoint = conn.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inbox (consumer, tenant_id, event_id, subject) VALUES ($1, $2, $3, $4)
@@ -371,7 +402,11 @@ impl<H: Handler> Consumer<H> {
         Ok(Outcome::Applied)
     }
 
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let span = tracing::info_span!(
             "consume",
             consumer = %self.spec.durable,
@@ -385,14 +420,22 @@ impl<H: Handler> Consumer<H> {
         self.handler.handle(conn, envelope).instrument(span).await
     }
 
-    async fn dead_letter(&self, message: &async_nats::jetstream::Message, reason: &str) -> Result<(), String> {
+    async fn dead_letter(
+        &self,
+        message: &async_nats::jetstream::Message,
+        reason: &str,
+    ) -> Result<(), String> {
         let (stream, sequence) = message
             .info()
             .map(|info| (info.stream.to_string(), info.stream_sequence))
             .unwrap_or_else(|_| (self.spec.stream.to_string(), 0));
         let mut headers = message.headers.clone().unwrap_or_default();
         // Header values are one line; reasons from decoders may hold newlines.
-        let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).take(1000).collect();
+        let reason: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(1000)
+            .collect();
         headers.insert(DEADLETTER_REASON, reason.as_str());
         headers.insert(DEADLETTER_SUBJECT, message.subject.as_str());
         headers.insert(DEADLETTER_CONSUMER, self.spec.durable.as_str());
@@ -417,10 +460,11 @@ fn retry_delay(delivered: i64) -> Duration {
 
 /// Deletes inbox records older than the retention.
 pub async fn prune_inbox(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1)")
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1)")
+            .bind(retention.as_secs_f64())
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected())
 }
 
@@ -432,7 +476,10 @@ mod tests {
     fn retry_delays_grow_and_cap() {
         assert_eq!(retry_delay(1), Duration::from_secs(1));
         assert_eq!(retry_delay(2), Duration::from_secs(2));
-        assert_eq!(retry_delay(7), Duration::from_secs(60).min(Duration::from_secs(64)));
+        assert_eq!(
+            retry_delay(7),
+            Duration::from_secs(60).min(Duration::from_secs(64))
+        );
         assert_eq!(retry_delay(100), Duration::from_secs(60));
     }
 }

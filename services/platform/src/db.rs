@@ -17,7 +17,10 @@ const PLATFORM_MIGRATIONS_TABLE: &str = "_followup_platform_migrations";
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database unreachable after {waited:?}: {source}")]
-    Unreachable { waited: Duration, source: sqlx::Error },
+    Unreachable {
+        waited: Duration,
+        source: sqlx::Error,
+    },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
@@ -46,7 +49,12 @@ pub async fn connect(config: &CommonConfig) -> Result<PgPool, DbError> {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(source) => return Err(DbError::Unreachable { waited: started.elapsed(), source }),
+            Err(source) => {
+                return Err(DbError::Unreachable {
+                    waited: started.elapsed(),
+                    source,
+                });
+            }
         }
     }
 }
@@ -63,13 +71,17 @@ pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), DbError> {
 /// Creates a database when it does not exist (the dev stack, the test kit). Names are ours, not users'.
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(), DbError> {
     let mut conn = admin_url.parse::<PgConnectOptions>()?.connect().await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => {}
             // Two creators raced; the database exists, which is all we wanted.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
@@ -87,7 +99,9 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // 40: transaction rollback (serialization, deadlock); 53: resources; 57: operator
             // intervention (admin shutdown, pg_terminate_backend); 08: connection exceptions.
-            ["40", "53", "57", "08"].iter().any(|class| code.starts_with(class))
+            ["40", "53", "57", "08"]
+                .iter()
+                .any(|class| code.starts_with(class))
         }
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

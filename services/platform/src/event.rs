@@ -23,7 +23,10 @@ pub fn new_event_id() -> Uuid {
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn now_timestamp() -> prost_types::Timestamp {
@@ -38,7 +41,9 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
 pub fn is_valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 64
-        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The tenant token of a subject (`clinic.<tenant>.…`).
@@ -65,26 +70,41 @@ pub enum EventError {
 impl OutgoingEvent {
     /// Encodes `message` for `subject`. Its `event_id` must be a UUID and its `tenant_id` the subject's
     /// tenant: what the outbox publishes is what consumers will check.
-    pub fn new<M: Message + Name>(source: &str, subject: impl Into<String>, message: &M) -> Result<Self, EventError> {
+    pub fn new<M: Message + Name>(
+        source: &str,
+        subject: impl Into<String>,
+        message: &M,
+    ) -> Result<Self, EventError> {
         let subject = subject.into();
         let payload = message.encode_to_vec();
-        let header = EventHeader::decode(payload.as_slice())
-            .map_err(|e| EventError::Invalid { field: "payload", reason: e.to_string() })?;
+        let header = EventHeader::decode(payload.as_slice()).map_err(|e| EventError::Invalid {
+            field: "payload",
+            reason: e.to_string(),
+        })?;
         let event_id = Uuid::parse_str(&header.event_id).map_err(|e| EventError::Invalid {
             field: "event_id",
             reason: format!("{e} (use platform::event::new_event_id)"),
         })?;
-        if subject_tenant(&subject) != Some(header.tenant_id.as_str()) || !is_valid_tenant(&header.tenant_id) {
+        if subject_tenant(&subject) != Some(header.tenant_id.as_str())
+            || !is_valid_tenant(&header.tenant_id)
+        {
             return Err(EventError::Invalid {
                 field: "tenant_id",
-                reason: format!("`{}` is not the tenant of subject {subject}", header.tenant_id),
+                reason: format!(
+                    "`{}` is not the tenant of subject {subject}",
+                    header.tenant_id
+                ),
             });
         }
-        let occurred_at = header
-            .occurred_at
-            .as_ref()
-            .and_then(from_timestamp)
-            .ok_or(EventError::Invalid { field: "occurred_at", reason: "missing".into() })?;
+        let occurred_at =
+            header
+                .occurred_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .ok_or(EventError::Invalid {
+                    field: "occurred_at",
+                    reason: "missing".into(),
+                })?;
         // CloudEvents attributes let systems that know nothing of protobuf route the event.
         let mut headers = BTreeMap::new();
         headers.insert(CONTENT_TYPE.to_string(), PROTOBUF.to_string());
@@ -92,11 +112,20 @@ impl OutgoingEvent {
         headers.insert("ce-id".into(), event_id.to_string());
         headers.insert("ce-type".into(), M::full_name());
         headers.insert("ce-source".into(), format!("followup/{source}"));
-        headers.insert("ce-time".into(), occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        headers.insert(
+            "ce-time".into(),
+            occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
         let mut trace = std::collections::HashMap::new();
         crate::telemetry::inject_current(&mut trace);
         headers.extend(trace);
-        Ok(Self { event_id, tenant_id: header.tenant_id, subject, payload, headers })
+        Ok(Self {
+            event_id,
+            tenant_id: header.tenant_id,
+            subject,
+            payload,
+            headers,
+        })
     }
 }
 
@@ -135,9 +164,15 @@ impl Envelope {
             .as_ref()
             .and_then(|h| h.get(CONTENT_TYPE))
             .is_some_and(|v| v.as_str().trim().to_ascii_lowercase().starts_with(JSON));
-        let (event_id, tenant_id, occurred_at) = if json { peek_json(&payload)? } else { peek_protobuf(&payload)? };
+        let (event_id, tenant_id, occurred_at) = if json {
+            peek_json(&payload)?
+        } else {
+            peek_protobuf(&payload)?
+        };
         if event_id.is_empty() || event_id.len() > 200 {
-            return Err(Malformed("event_id is missing or longer than 200 characters".into()));
+            return Err(Malformed(
+                "event_id is missing or longer than 200 characters".into(),
+            ));
         }
         let Some(subject_tenant) = subject_tenant(subject) else {
             return Err(Malformed(format!("subject {subject} has no tenant token")));
@@ -182,13 +217,15 @@ impl Envelope {
         let message = prost_reflect::DynamicMessage::deserialize(descriptor, &mut deserializer)
             .and_then(|m| deserializer.end().map(|()| m))
             .map_err(|e| Malformed(format!("not a valid {name} in proto3 JSON: {e}")))?;
-        message.transcode_to::<T>().map_err(|e| Malformed(format!("{name}: {e}")))
+        message
+            .transcode_to::<T>()
+            .map_err(|e| Malformed(format!("{name}: {e}")))
     }
 }
 
 fn peek_protobuf(payload: &[u8]) -> Result<(String, String, Option<DateTime<Utc>>), Malformed> {
-    let header =
-        EventHeader::decode(payload).map_err(|e| Malformed(format!("not a protobuf event message: {e}")))?;
+    let header = EventHeader::decode(payload)
+        .map_err(|e| Malformed(format!("not a protobuf event message: {e}")))?;
     let occurred_at = header.occurred_at.as_ref().and_then(from_timestamp);
     Ok((header.event_id, header.tenant_id, occurred_at))
 }
@@ -198,14 +235,20 @@ fn peek_json(payload: &[u8]) -> Result<(String, String, Option<DateTime<Utc>>), 
         serde_json::from_slice(payload).map_err(|e| Malformed(format!("not valid JSON: {e}")))?;
     // proto3 JSON accepts both the lowerCamelCase and the original field names.
     let field = |camel: &str, snake: &str| {
-        value.get(camel).or_else(|| value.get(snake)).and_then(|v| v.as_str()).map(str::to_string)
+        value
+            .get(camel)
+            .or_else(|| value.get(snake))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
     };
     let event_id = field("eventId", "event_id").unwrap_or_default();
     let tenant_id = field("tenantId", "tenant_id").unwrap_or_default();
     let occurred_at = match field("occurredAt", "occurred_at") {
         Some(text) => Some(
             DateTime::parse_from_rfc3339(&text)
-                .map_err(|e| Malformed(format!("occurred_at `{text}` is not an RFC 3339 time: {e}")))?
+                .map_err(|e| {
+                    Malformed(format!("occurred_at `{text}` is not an RFC 3339 time: {e}"))
+                })?
                 .with_timezone(&Utc),
         ),
         None => None,
@@ -218,7 +261,11 @@ mod tests {
     use super::*;
 
     fn header(event_id: &str, tenant: &str) -> EventHeader {
-        EventHeader { event_id: event_id.into(), tenant_id: tenant.into(), occurred_at: Some(now_timestamp()) }
+        EventHeader {
+            event_id: event_id.into(),
+            tenant_id: tenant.into(),
+            occurred_at: Some(now_timestamp()),
+        }
     }
 
     fn json_headers() -> async_nats::HeaderMap {
@@ -230,31 +277,64 @@ mod tests {
     #[test]
     fn outgoing_checks_id_tenant_and_time() {
         let id = new_event_id().to_string();
-        let ok = OutgoingEvent::new("plans", "followup.c1.plans.plan_sent", &header(&id, "c1")).expect("valid");
+        let ok = OutgoingEvent::new("plans", "followup.c1.plans.plan_sent", &header(&id, "c1"))
+            .expect("valid");
         assert_eq!(ok.event_id.to_string(), id);
         assert_eq!(ok.headers.get("ce-id"), Some(&id));
-        assert_eq!(ok.headers.get("ce-type").map(String::as_str), Some("followup.events.v1.EventHeader"));
+        assert_eq!(
+            ok.headers.get("ce-type").map(String::as_str),
+            Some("followup.events.v1.EventHeader")
+        );
 
-        let wrong_tenant = OutgoingEvent::new("plans", "followup.c2.plans.plan_sent", &header(&id, "c1"));
-        assert!(matches!(wrong_tenant, Err(EventError::Invalid { field: "tenant_id", .. })));
-        let not_uuid = OutgoingEvent::new("plans", "followup.c1.plans.plan_sent", &header("x", "c1"));
-        assert!(matches!(not_uuid, Err(EventError::Invalid { field: "event_id", .. })));
+        let wrong_tenant =
+            OutgoingEvent::new("plans", "followup.c2.plans.plan_sent", &header(&id, "c1"));
+        assert!(matches!(
+            wrong_tenant,
+            Err(EventError::Invalid {
+                field: "tenant_id",
+                ..
+            })
+        ));
+        let not_uuid =
+            OutgoingEvent::new("plans", "followup.c1.plans.plan_sent", &header("x", "c1"));
+        assert!(matches!(
+            not_uuid,
+            Err(EventError::Invalid {
+                field: "event_id",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn reads_protobuf_and_json_alike() {
         let message = header("e-1", "c1");
-        let from_proto =
-            Envelope::parse("CLINIC", "clinic.c1.patient.upserted", message.encode_to_vec().into(), None, 1, 1)
-                .expect("protobuf");
+        let from_proto = Envelope::parse(
+            "CLINIC",
+            "clinic.c1.patient.upserted",
+            message.encode_to_vec().into(),
+            None,
+            1,
+            1,
+        )
+        .expect("protobuf");
         assert_eq!(from_proto.event_id, "e-1");
         assert_eq!(from_proto.event_type(), "patient.upserted");
-        assert_eq!(from_proto.decode::<EventHeader>().expect("decodes"), message);
+        assert_eq!(
+            from_proto.decode::<EventHeader>().expect("decodes"),
+            message
+        );
 
         let json = br#"{"eventId":"e-2","tenantId":"c1","occurredAt":"2026-11-22T10:00:00Z"}"#;
-        let from_json =
-            Envelope::parse("CLINIC", "clinic.c1.patient.upserted", Bytes::from_static(json), Some(json_headers()), 1, 1)
-                .expect("json");
+        let from_json = Envelope::parse(
+            "CLINIC",
+            "clinic.c1.patient.upserted",
+            Bytes::from_static(json),
+            Some(json_headers()),
+            1,
+            1,
+        )
+        .expect("json");
         let decoded: EventHeader = from_json.decode().expect("decodes");
         assert_eq!(decoded.event_id, "e-2");
         assert_eq!(decoded.occurred_at.map(|t| t.seconds), Some(1_795_341_600));
@@ -262,22 +342,45 @@ mod tests {
 
     #[test]
     fn malformed_messages_say_why() {
-        let garbage = Envelope::parse("CLINIC", "clinic.c1.x", Bytes::from_static(b"\xff\xff\xff"), None, 1, 1);
+        let garbage = Envelope::parse(
+            "CLINIC",
+            "clinic.c1.x",
+            Bytes::from_static(b"\xff\xff\xff"),
+            None,
+            1,
+            1,
+        );
         assert!(garbage.expect_err("garbage").0.contains("not a protobuf"));
 
         let other_tenant = header("e", "c2").encode_to_vec();
-        let err = Envelope::parse("CLINIC", "clinic.c1.x", other_tenant.into(), None, 1, 1).expect_err("tenant");
+        let err = Envelope::parse("CLINIC", "clinic.c1.x", other_tenant.into(), None, 1, 1)
+            .expect_err("tenant");
         assert!(err.0.contains("does not match"), "{err}");
 
         let no_id = header("", "c1").encode_to_vec();
         assert!(Envelope::parse("CLINIC", "clinic.c1.x", no_id.into(), None, 1, 1).is_err());
 
-        let bad_json = Envelope::parse("CLINIC", "clinic.c1.x", Bytes::from_static(b"{"), Some(json_headers()), 1, 1);
+        let bad_json = Envelope::parse(
+            "CLINIC",
+            "clinic.c1.x",
+            Bytes::from_static(b"{"),
+            Some(json_headers()),
+            1,
+            1,
+        );
         assert!(bad_json.expect_err("json").0.contains("not valid JSON"));
 
-        let wrong_field = br#"{"eventId":"e","tenantId":"c1","occurredAt":"2026-11-22T10:00:00Z","nope":1}"#;
-        let env = Envelope::parse("CLINIC", "clinic.c1.x", Bytes::from_static(wrong_field), Some(json_headers()), 1, 1)
-            .expect("header fields are fine");
+        let wrong_field =
+            br#"{"eventId":"e","tenantId":"c1","occurredAt":"2026-11-22T10:00:00Z","nope":1}"#;
+        let env = Envelope::parse(
+            "CLINIC",
+            "clinic.c1.x",
+            Bytes::from_static(wrong_field),
+            Some(json_headers()),
+            1,
+            1,
+        )
+        .expect("header fields are fine");
         assert!(env.decode::<EventHeader>().is_err());
     }
 

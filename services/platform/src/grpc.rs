@@ -22,7 +22,7 @@ use tonic::service::RoutesBuilder;
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tracing::Instrument;
 
-use crate::metrics::{Metrics, MethodLabels, RpcLabels};
+use crate::metrics::{MethodLabels, Metrics, RpcLabels};
 use crate::telemetry::{HttpHeadersRef, set_parent_from};
 
 /// The APIs of one service, before the platform adds health and reflection.
@@ -64,7 +64,10 @@ pub struct ObserveLayer {
 impl<S> tower::Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, metrics: self.metrics.clone() }
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -120,8 +123,17 @@ where
                     Err(_) => "Transport".into(),
                 };
                 tracing::Span::current().record("code", code.as_str());
-                metrics.rpc_requests.get_or_create(&RpcLabels { method: method.clone(), code }).inc();
-                metrics.rpc_duration.get_or_create(&MethodLabels { method }).observe(started.elapsed().as_secs_f64());
+                metrics
+                    .rpc_requests
+                    .get_or_create(&RpcLabels {
+                        method: method.clone(),
+                        code,
+                    })
+                    .inc();
+                metrics
+                    .rpc_duration
+                    .get_or_create(&MethodLabels { method })
+                    .observe(started.elapsed().as_secs_f64());
                 response
             }
             .instrument(span),
@@ -143,9 +155,14 @@ pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
 
 /// INVALID_ARGUMENT naming several fields at once, so a client fixes them all in one go.
 pub fn invalid_arguments(violations: Vec<(String, String)>) -> Status {
-    let message = violations.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>();
-    let violations: Vec<FieldViolation> =
-        violations.into_iter().map(|(field, description)| FieldViolation::new(field, description)).collect();
+    let message = violations
+        .iter()
+        .map(|(field, description)| format!("{field}: {description}"))
+        .collect::<Vec<_>>();
+    let violations: Vec<FieldViolation> = violations
+        .into_iter()
+        .map(|(field, description)| FieldViolation::new(field, description))
+        .collect();
     Status::with_error_details(
         tonic::Code::InvalidArgument,
         message.join("; "),
@@ -159,12 +176,21 @@ pub fn not_found(resource_type: &str, name: &str) -> Status {
     Status::with_error_details(
         tonic::Code::NotFound,
         format!("{resource_type} `{name}` not found"),
-        ErrorDetails::with_resource_info(resource_type, name, "", "not found in the caller's clinic"),
+        ErrorDetails::with_resource_info(
+            resource_type,
+            name,
+            "",
+            "not found in the caller's clinic",
+        ),
     )
 }
 
 /// FAILED_PRECONDITION: the request is valid but the resource's state forbids it.
-pub fn failed_precondition(violation_type: &str, subject: &str, description: impl Into<String>) -> Status {
+pub fn failed_precondition(
+    violation_type: &str,
+    subject: &str,
+    description: impl Into<String>,
+) -> Status {
     let description = description.into();
     Status::with_error_details(
         tonic::Code::FailedPrecondition,
@@ -180,7 +206,11 @@ pub fn internal(cause: &dyn Display) -> Status {
     Status::with_error_details(
         tonic::Code::Internal,
         format!("internal error (reference {reference})"),
-        ErrorDetails::with_error_info("INTERNAL", "followup", HashMap::from([("reference".to_string(), reference)])),
+        ErrorDetails::with_error_info(
+            "INTERNAL",
+            "followup",
+            HashMap::from([("reference".to_string(), reference)]),
+        ),
     )
 }
 
@@ -193,7 +223,10 @@ mod tests {
         let status = invalid_argument("items[0].tooth", "`99` is not a Universal or FDI tooth");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let details = status.get_error_details();
-        let violations = details.bad_request().map(|b| b.field_violations.clone()).unwrap_or_default();
+        let violations = details
+            .bad_request()
+            .map(|b| b.field_violations.clone())
+            .unwrap_or_default();
         assert_eq!(violations[0].field, "items[0].tooth");
 
         let status = internal(&"connection refused to 10.0.0.3");

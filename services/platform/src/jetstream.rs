@@ -24,7 +24,11 @@ pub enum JetStreamError {
     #[error("declaring stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
     #[error("declaring consumer {consumer} on {stream}: {reason}")]
-    Consumer { stream: String, consumer: String, reason: String },
+    Consumer {
+        stream: String,
+        consumer: String,
+        reason: String,
+    },
 }
 
 /// A stream and why it is set the way it is.
@@ -89,7 +93,10 @@ pub fn deadletter_subject(stream: &str) -> String {
 }
 
 /// Connects to NATS, retrying while it is not reachable yet.
-pub async fn connect(config: &CommonConfig, client_name: &str) -> Result<async_nats::Client, JetStreamError> {
+pub async fn connect(
+    config: &CommonConfig,
+    client_name: &str,
+) -> Result<async_nats::Client, JetStreamError> {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
@@ -99,10 +106,14 @@ pub async fn connect(config: &CommonConfig, client_name: &str) -> Result<async_n
             .max_reconnects(None)
             .retry_on_initial_connect();
         if let Some(path) = &config.nats_credentials_file {
-            options = options.credentials_file(path).await.map_err(|e| JetStreamError::Unreachable {
-                waited: started.elapsed(),
-                reason: format!("credentials file {}: {e}", path.display()),
-            })?;
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| JetStreamError::Unreachable {
+                        waited: started.elapsed(),
+                        reason: format!("credentials file {}: {e}", path.display()),
+                    })?;
         }
         // retry_on_initial_connect returns at once; wait for the first connection, bounded.
         match options.connect(config.nats_url.as_str()).await {
@@ -128,7 +139,10 @@ pub async fn connect(config: &CommonConfig, client_name: &str) -> Result<async_n
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(err) => {
-                return Err(JetStreamError::Unreachable { waited: started.elapsed(), reason: err.to_string() });
+                return Err(JetStreamError::Unreachable {
+                    waited: started.elapsed(),
+                    reason: err.to_string(),
+                });
             }
         }
     }
@@ -142,7 +156,11 @@ pub async fn ensure_streams(js: &Context, replicas: usize) -> Result<(), JetStre
     Ok(())
 }
 
-async fn ensure_stream(js: &Context, spec: &StreamSpec, replicas: usize) -> Result<(), JetStreamError> {
+async fn ensure_stream(
+    js: &Context,
+    spec: &StreamSpec,
+    replicas: usize,
+) -> Result<(), JetStreamError> {
     let config = stream::Config {
         name: spec.name.to_string(),
         subjects: spec.subjects.iter().map(|s| s.to_string()).collect(),
@@ -167,7 +185,10 @@ async fn ensure_stream(js: &Context, spec: &StreamSpec, replicas: usize) -> Resu
             }
         }
     }
-    Err(JetStreamError::Stream { stream: spec.name.to_string(), reason: last_error })
+    Err(JetStreamError::Stream {
+        stream: spec.name.to_string(),
+        reason: last_error,
+    })
 }
 
 /// A durable pull consumer: one filter subject, explicit acks.
@@ -185,7 +206,11 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    pub fn new(stream: &'static str, durable: impl Into<String>, filter_subject: impl Into<String>) -> Self {
+    pub fn new(
+        stream: &'static str,
+        durable: impl Into<String>,
+        filter_subject: impl Into<String>,
+    ) -> Self {
         Self {
             stream,
             durable: durable.into(),
@@ -199,13 +224,19 @@ impl ConsumerSpec {
 /// Creates the durable consumer, or updates the settings an existing one allows to change. A change the
 /// server refuses (e.g. the filter subject on NATS 2.9) keeps the existing consumer and says so, since
 /// deleting it would lose its position.
-pub async fn ensure_consumer(js: &Context, spec: &ConsumerSpec) -> Result<consumer::PullConsumer, JetStreamError> {
+pub async fn ensure_consumer(
+    js: &Context,
+    spec: &ConsumerSpec,
+) -> Result<consumer::PullConsumer, JetStreamError> {
     let err = |reason: String| JetStreamError::Consumer {
         stream: spec.stream.to_string(),
         consumer: spec.durable.clone(),
         reason,
     };
-    let stream = js.get_stream(spec.stream).await.map_err(|e| err(e.to_string()))?;
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
         filter_subject: spec.filter_subject.clone(),
@@ -236,5 +267,7 @@ pub async fn ensure_consumer(js: &Context, spec: &ConsumerSpec) -> Result<consum
 
 /// A JetStream context with the publish-ack timeout the outbox relay relies on.
 pub fn context(client: async_nats::Client) -> Context {
-    jetstream::ContextBuilder::new().timeout(Duration::from_secs(10)).build(client)
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client)
 }

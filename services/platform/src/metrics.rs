@@ -63,24 +63,62 @@ impl Metrics {
     pub fn new(service: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "followup",
-            [(std::borrow::Cow::Borrowed("service"), std::borrow::Cow::Owned(service.to_string()))].into_iter(),
+            [(
+                std::borrow::Cow::Borrowed("service"),
+                std::borrow::Cow::Owned(service.to_string()),
+            )]
+            .into_iter(),
         );
         let rpc_requests = Family::<RpcLabels, Counter>::default();
-        let rpc_duration = Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let rpc_duration =
+            Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let http_requests = Family::<RpcLabels, Counter>::default();
-        let http_duration = Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let http_duration =
+            Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let consumer_pending = Family::<ConsumerLabels, Gauge>::default();
         let consumer_events = Family::<OutcomeLabels, Counter>::default();
         let outbox_backlog = Gauge::default();
         let outbox_published = Counter::default();
-        registry.register("grpc_requests", "gRPC requests by method and status code", rpc_requests.clone());
-        registry.register("grpc_request_duration_seconds", "gRPC handling time", rpc_duration.clone());
-        registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP handling time", http_duration.clone());
-        registry.register("consumer_pending", "Messages waiting for a durable consumer", consumer_pending.clone());
-        registry.register("consumer_events", "Consumed events by outcome", consumer_events.clone());
-        registry.register("outbox_backlog", "Outbox events not yet published", outbox_backlog.clone());
-        registry.register("outbox_published", "Events published by the outbox relay", outbox_published.clone());
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC handling time",
+            rpc_duration.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP handling time",
+            http_duration.clone(),
+        );
+        registry.register(
+            "consumer_pending",
+            "Messages waiting for a durable consumer",
+            consumer_pending.clone(),
+        );
+        registry.register(
+            "consumer_events",
+            "Consumed events by outcome",
+            consumer_events.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox events not yet published",
+            outbox_backlog.clone(),
+        );
+        registry.register(
+            "outbox_published",
+            "Events published by the outbox relay",
+            outbox_published.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             rpc_requests,
@@ -121,11 +159,20 @@ mod tests {
         let metrics = Metrics::new("plans");
         metrics
             .rpc_requests
-            .get_or_create(&RpcLabels { method: "/followup.plans.v1.PlansService/GetPlan".into(), code: "OK".into() })
+            .get_or_create(&RpcLabels {
+                method: "/followup.plans.v1.PlansService/GetPlan".into(),
+                code: "OK".into(),
+            })
             .inc();
         metrics.outbox_backlog.set(3);
         let text = metrics.encode();
-        assert!(text.contains("followup_grpc_requests_total{service=\"plans\""), "{text}");
-        assert!(text.contains("followup_outbox_backlog{service=\"plans\"} 3"), "{text}");
+        assert!(
+            text.contains("followup_grpc_requests_total{service=\"plans\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("followup_outbox_backlog{service=\"plans\"} 3"),
+            "{text}"
+        );
     }
 }

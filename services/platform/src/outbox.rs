@@ -48,7 +48,10 @@ pub async fn enqueue<M: Message + Name>(
 }
 
 /// Writes already-built events in one statement (hot paths that emit many at once).
-pub async fn enqueue_events(conn: &mut PgConnection, events: &[OutgoingEvent]) -> Result<(), sqlx::Error> {
+pub async fn enqueue_events(
+    conn: &mut PgConnection,
+    events: &[OutgoingEvent],
+) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -76,21 +79,27 @@ pub async fn enqueue_events(conn: &mut PgConnection, events: &[OutgoingEvent]) -
     .execute(&mut *conn)
     .await?;
     // Delivered at commit, coalesced per transaction: one wake-up however many events.
-    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Events written and not yet published (the `/metrics` backlog).
 pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
 }
 
 /// Deletes published events older than the retention.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
+            .bind(retention.as_secs_f64())
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected())
 }
 
@@ -192,7 +201,8 @@ impl Relay {
         let mut acks = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut headers = async_nats::HeaderMap::new();
-            if let Ok(map) = serde_json::from_value::<BTreeMap<String, String>>(row.headers.clone()) {
+            if let Ok(map) = serde_json::from_value::<BTreeMap<String, String>>(row.headers.clone())
+            {
                 for (name, value) in map {
                     headers.insert(name.as_str(), value.as_str());
                 }

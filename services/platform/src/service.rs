@@ -44,7 +44,11 @@ pub struct ServiceConfig<S> {
 }
 
 impl<S: Serialize + DeserializeOwned> ServiceConfig<S> {
-    pub fn load(info: &ServiceInfo, defaults: S, sources: Sources) -> Result<Self, config::ConfigError> {
+    pub fn load(
+        info: &ServiceInfo,
+        defaults: S,
+        sources: Sources,
+    ) -> Result<Self, config::ConfigError> {
         let (common, own) = config::load(info, defaults, sources)?;
         Ok(Self { common, own })
     }
@@ -61,7 +65,11 @@ pub enum StartError {
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
     #[error("binding {what} on {addr}: {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("{0}")]
@@ -94,7 +102,11 @@ pub struct Platform {
 impl Platform {
     /// Connects to PostgreSQL and NATS (retrying while they come up), applies migrations, declares the
     /// streams and starts the outbox relay.
-    pub async fn start(info: ServiceInfo, config: CommonConfig, migrator: &Migrator) -> Result<Self, StartError> {
+    pub async fn start(
+        info: ServiceInfo,
+        config: CommonConfig,
+        migrator: &Migrator,
+    ) -> Result<Self, StartError> {
         config.validate(&info)?;
         let verifier = Verifier::from_config(&config.auth)?;
         let pool = crate::db::connect(&config).await?;
@@ -116,7 +128,17 @@ impl Platform {
         relay_shutdown.spawn(relay.run(relay_shutdown.clone()));
         shutdown.spawn(janitor(pool.clone(), config.clone(), shutdown.clone()));
 
-        Ok(Self { info, config, pool, nats, js, metrics, shutdown, relay_shutdown, verifier })
+        Ok(Self {
+            info,
+            config,
+            pool,
+            nats,
+            js,
+            metrics,
+            shutdown,
+            relay_shutdown,
+            verifier,
+        })
     }
 
     /// The interceptor to wrap each gRPC API in.
@@ -125,7 +147,11 @@ impl Platform {
     }
 
     /// Declares a durable consumer and runs `handler` on its events until shutdown.
-    pub async fn consume<H: Handler>(&self, spec: ConsumerSpec, handler: H) -> Result<(), StartError> {
+    pub async fn consume<H: Handler>(
+        &self,
+        spec: ConsumerSpec,
+        handler: H,
+    ) -> Result<(), StartError> {
         // Declared now, so a misconfiguration fails the start rather than a background task.
         jetstream::ensure_consumer(&self.js, &spec).await?;
         let consumer = Consumer {
@@ -146,7 +172,11 @@ impl Platform {
     }
 
     /// Binds every server and starts serving. Ports 0 pick free ports; [`Running`] says which.
-    pub async fn serve(self, grpc: GrpcServices, http: Vec<HttpServer>) -> Result<Running, StartError> {
+    pub async fn serve(
+        self,
+        grpc: GrpcServices,
+        http: Vec<HttpServer>,
+    ) -> Result<Running, StartError> {
         let grpc_listener = bind("gRPC", self.config.grpc_addr).await?;
         let admin_listener = bind("admin", self.config.admin_addr).await?;
         let grpc_addr = local_addr("gRPC", &grpc_listener)?;
@@ -166,14 +196,20 @@ impl Platform {
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         let names = grpc.names.clone();
         let mut routes = grpc.routes;
-        routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let routes = routes.routes();
 
         let shutdown = self.shutdown.clone();
-        let observe = ObserveLayer { metrics: self.metrics.clone() };
+        let observe = ObserveLayer {
+            metrics: self.metrics.clone(),
+        };
         let grpc_shutdown = shutdown.clone();
         self.shutdown.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let served = tonic::transport::Server::builder()
                 .layer(observe)
                 .add_routes(routes)
@@ -185,9 +221,13 @@ impl Platform {
             }
         });
         for name in &names {
-            health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+            health
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
         }
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
 
         let admin = admin::router(AdminState {
             pool: self.pool.clone(),
@@ -230,19 +270,28 @@ impl Platform {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 fn local_addr(what: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
-    listener.local_addr().map_err(|source| StartError::Bind { what, addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
 }
 
 fn spawn_http(listener: TcpListener, router: axum::Router, shutdown: &Shutdown) {
     let stop = shutdown.clone();
     shutdown.spawn(async move {
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.triggered().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.triggered().await })
+        .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "HTTP server failed");
         }
@@ -289,7 +338,10 @@ pub struct Running {
 impl Running {
     /// The bound address of an extra HTTP server, by name.
     pub fn http_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.http_addrs.iter().find(|(n, _)| *n == name).map(|(_, addr)| *addr)
+        self.http_addrs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| *addr)
     }
 
     /// A handle that stops the service when triggered (signals, a test, the dev stack).
@@ -308,9 +360,13 @@ impl Running {
     /// Returns false when something was still running after the grace period.
     pub async fn stop(self) -> bool {
         for name in &self.health_names {
-            self.health.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+            self.health
+                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                .await;
         }
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         self.shutdown.trigger();
         let drained = self.shutdown.wait_drained(self.grace).await;
         self.relay_shutdown.trigger();
@@ -343,14 +399,22 @@ enum Command {
 }
 
 /// The whole `main` of a service binary.
-pub fn main<S, F, Fut>(info: ServiceInfo, migrator: &'static Migrator, defaults: S, build: F) -> ExitCode
+pub fn main<S, F, Fut>(
+    info: ServiceInfo,
+    migrator: &'static Migrator,
+    defaults: S,
+    build: F,
+) -> ExitCode
 where
     S: Serialize + DeserializeOwned + std::fmt::Debug,
     F: FnOnce(ServiceConfig<S>) -> Fut,
     Fut: Future<Output = Result<Running, StartError>>,
 {
     let cli = <Cli as clap::Parser>::parse();
-    let sources = Sources { file: cli.config.clone(), ..Sources::from_environment() };
+    let sources = Sources {
+        file: cli.config.clone(),
+        ..Sources::from_environment()
+    };
     let config = match ServiceConfig::load(&info, defaults, sources) {
         Ok(config) => config,
         Err(err) => {
@@ -358,15 +422,22 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("followup-{}: cannot start the async runtime: {err}", info.name);
+            eprintln!(
+                "followup-{}: cannot start the async runtime: {err}",
+                info.name
+            );
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
-        let telemetry = crate::telemetry::init(&format!("followup-{}", info.name), &config.common.log);
+        let telemetry =
+            crate::telemetry::init(&format!("followup-{}", info.name), &config.common.log);
         let outcome = match cli.command.unwrap_or(Command::Serve) {
             Command::Config => {
                 println!("{:#?}\n{:#?}", config.common, config.own);

@@ -50,7 +50,9 @@ impl Shutdown {
     /// Waits for every tracked task, at most `grace`. Returns false when some were still running.
     pub async fn wait_drained(&self, grace: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Triggers shutdown on the first SIGTERM or SIGINT.
@@ -71,7 +73,10 @@ impl Shutdown {
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C), with the signal's name.
 pub async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

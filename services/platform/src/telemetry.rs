@@ -81,7 +81,9 @@ pub fn init(process_name: &str, log: &LogConfig) -> TelemetryGuard {
     let _ = INSTALLED.set(());
     if installed {
         opentelemetry::global::set_tracer_provider(provider.clone());
-        TelemetryGuard { provider: Some(provider) }
+        TelemetryGuard {
+            provider: Some(provider),
+        }
     } else {
         // Someone else (a test harness) installed a subscriber first; leave theirs alone.
         TelemetryGuard { provider: None }
@@ -89,14 +91,21 @@ pub fn init(process_name: &str, log: &LogConfig) -> TelemetryGuard {
 }
 
 fn tracer_provider(process_name: &str) -> SdkTracerProvider {
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(process_name.to_string()).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(process_name.to_string())
+        .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.is_empty());
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty());
     let Some(_endpoint) = endpoint else {
         return builder.build();
     };
     // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT itself.
-    match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+    match opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+    {
         Ok(exporter) => builder.with_batch_exporter(exporter).build(),
         Err(err) => {
             eprintln!("OTLP exporter not started ({err}); traces are not exported");
@@ -120,7 +129,12 @@ pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
 /// The current trace id, hex, for log lines and error references; all zeros outside any trace.
 pub fn current_trace_id() -> String {
     use opentelemetry::trace::TraceContextExt;
-    tracing::Span::current().context().span().span_context().trace_id().to_string()
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string()
 }
 
 /// NATS headers as a propagation carrier.
@@ -150,9 +164,10 @@ pub struct HttpHeaders<'a>(pub &'a mut http::HeaderMap);
 
 impl Injector for HttpHeaders<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) =
-            (http::header::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
-        {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -175,7 +190,10 @@ impl Extractor for HttpHeadersRef<'_> {
 pub struct TracePropagation;
 
 impl tonic::service::Interceptor for TracePropagation {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let mut headers = std::mem::take(request.metadata_mut()).into_headers();
         inject_current(&mut HttpHeaders(&mut headers));
         *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
@@ -190,8 +208,8 @@ mod tests {
 
     fn with_tracing<T>(f: impl FnOnce() -> T) -> T {
         let provider = SdkTracerProvider::builder().build();
-        let subscriber =
-            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
         tracing::subscriber::with_default(subscriber, f)
     }
 
@@ -205,7 +223,10 @@ mod tests {
             let producer = tracing::info_span!("publish");
             let mut headers = async_nats::HeaderMap::new();
             producer.in_scope(|| inject_current(&mut NatsHeaders(&mut headers)));
-            let traceparent = headers.get("traceparent").map(|v| v.to_string()).unwrap_or_default();
+            let traceparent = headers
+                .get("traceparent")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             assert!(traceparent.starts_with("00-"), "traceparent: {traceparent}");
 
             let consumer = tracing::info_span!("consume");

@@ -22,7 +22,8 @@ pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/
 
 /// The admin URL of the PostgreSQL server tests create their databases on.
 pub fn admin_database_url() -> String {
-    std::env::var("FOLLOWUP_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_string())
+    std::env::var("FOLLOWUP_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_string())
 }
 
 /// A private NATS server with JetStream, for one test (or one test binary).
@@ -33,8 +34,13 @@ pub struct TestNats {
 
 impl TestNats {
     pub async fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("followup-nats-").tempdir().expect("temporary NATS store");
-        let server = LocalNats::start(dir.path(), None).await.expect("private nats-server starts");
+        let dir = tempfile::Builder::new()
+            .prefix("followup-nats-")
+            .tempdir()
+            .expect("temporary NATS store");
+        let server = LocalNats::start(dir.path(), None)
+            .await
+            .expect("private nats-server starts");
         Self { server, _dir: dir }
     }
 
@@ -43,7 +49,9 @@ impl TestNats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connects to the private NATS server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connects to the private NATS server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -76,11 +84,17 @@ impl TestDb {
         });
         let options: PgConnectOptions = admin_url.parse().expect("admin URL parses");
         let url = options.database(&name).to_url_lossy().to_string();
-        Self { name, url, admin_url }
+        Self {
+            name,
+            url,
+            admin_url,
+        }
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.url).await.expect("connects to the test database")
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connects to the test database")
     }
 }
 
@@ -90,11 +104,22 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with its own.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async {
-                let mut conn = admin_url.parse::<PgConnectOptions>().ok()?.connect().await.ok()?;
+                let mut conn = admin_url
+                    .parse::<PgConnectOptions>()
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
                 let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.ok()
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
             })
         });
         let _ = dropped.join();
@@ -130,7 +155,9 @@ impl TestAuth {
     }
 
     pub fn token_for(&self, tenant: &str, sub: &str, role: Role) -> String {
-        self.signer.staff_token(tenant, sub, role, "followup", Duration::from_secs(3600)).expect("token")
+        self.signer
+            .staff_token(tenant, sub, role, "followup", Duration::from_secs(3600))
+            .expect("token")
     }
 
     /// A token that expired a minute ago.
@@ -153,7 +180,9 @@ impl TestAuth {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("a JWT is valid metadata");
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a JWT is valid metadata");
     request.metadata_mut().insert("authorization", value);
     request
 }
@@ -168,7 +197,11 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn start() -> Self {
         let (nats, db) = tokio::join!(TestNats::start(), TestDb::create());
-        Self { nats, db, auth: TestAuth::new() }
+        Self {
+            nats,
+            db,
+            auth: TestAuth::new(),
+        }
     }
 
     /// Configuration layers pointing a service at this environment, on free ports, ignoring the
@@ -180,7 +213,10 @@ impl TestEnv {
             .set("nats_url", self.nats.url())
             .set("grpc_addr", "127.0.0.1:0")
             .set("admin_addr", "127.0.0.1:0")
-            .set("auth.jwt_public_keys", vec![self.auth.keys.public_pem.clone()])
+            .set(
+                "auth.jwt_public_keys",
+                vec![self.auth.keys.public_pem.clone()],
+            )
             .set("startup_timeout_secs", 20)
             .set("shutdown_grace_secs", 10)
             .set("outbox.poll_interval_ms", 200)
@@ -196,7 +232,8 @@ impl TestEnv {
     /// Publishes an event as a clinic system would: protobuf, `Nats-Msg-Id` = its event id, awaiting
     /// the PubAck. `subject` must carry the event's tenant.
     pub async fn publish<M: Message + Name>(&self, subject: &str, message: &M) {
-        let event = crate::event::OutgoingEvent::new("test", subject, message).expect("a valid event");
+        let event =
+            crate::event::OutgoingEvent::new("test", subject, message).expect("a valid event");
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in &event.headers {
             headers.insert(name.as_str(), value.as_str());

@@ -13,7 +13,13 @@ async fn applied(pool: &sqlx::PgPool) -> i64 {
 async fn a_redelivered_event_changes_nothing() {
     let env = TestEnv::start().await;
     let platform = platform(&env).await;
-    platform.consume(ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"), Recorder).await.unwrap();
+    platform
+        .consume(
+            ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"),
+            Recorder,
+        )
+        .await
+        .unwrap();
 
     let once = event("c1");
     env.publish("clinic.c1.patient.upserted", &once).await;
@@ -22,7 +28,9 @@ async fn a_redelivered_event_changes_nothing() {
     let js = env.nats.jetstream().await;
     js.send_publish(
         "clinic.c1.patient.upserted",
-        PublishMessage::build().payload(prost::Message::encode_to_vec(&once).into()).message_id("retry-1"),
+        PublishMessage::build()
+            .payload(prost::Message::encode_to_vec(&once).into())
+            .message_id("retry-1"),
     )
     .await
     .unwrap()
@@ -38,8 +46,19 @@ async fn a_redelivered_event_changes_nothing() {
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(applied(&pool).await, 2, "the second copy was dropped by the inbox");
-    let copies = count(&pool, &format!("SELECT count(*) FROM applied WHERE event_id = '{}'", once.event_id)).await;
+    assert_eq!(
+        applied(&pool).await,
+        2,
+        "the second copy was dropped by the inbox"
+    );
+    let copies = count(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM applied WHERE event_id = '{}'",
+            once.event_id
+        ),
+    )
+    .await;
     assert_eq!(copies, 1);
 }
 
@@ -47,19 +66,30 @@ async fn a_redelivered_event_changes_nothing() {
 async fn an_undecodable_message_is_dead_lettered_and_the_next_is_processed() {
     let env = TestEnv::start().await;
     let platform = platform(&env).await;
-    platform.consume(ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"), Recorder).await.unwrap();
-    let js = env.nats.jetstream().await;
-
-    js.send_publish("clinic.c1.patient.upserted", PublishMessage::build().payload(b"\xff\x00garbage".as_ref().into()))
-        .await
-        .unwrap()
+    platform
+        .consume(
+            ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"),
+            Recorder,
+        )
         .await
         .unwrap();
+    let js = env.nats.jetstream().await;
+
+    js.send_publish(
+        "clinic.c1.patient.upserted",
+        PublishMessage::build().payload(b"\xff\x00garbage".as_ref().into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let mut json_headers = async_nats::HeaderMap::new();
     json_headers.insert("Content-Type", "application/json");
     js.send_publish(
         "clinic.c1.patient.upserted",
-        PublishMessage::build().payload(b"{\"eventId\": 12".as_ref().into()).headers(json_headers),
+        PublishMessage::build()
+            .payload(b"{\"eventId\": 12".as_ref().into())
+            .headers(json_headers),
     )
     .await
     .unwrap()
@@ -82,11 +112,25 @@ async fn an_undecodable_message_is_dead_lettered_and_the_next_is_processed() {
     })
     .await;
     let first = deadletters.get_raw_message(1).await.unwrap();
-    assert_eq!(first.subject.as_str(), followup_platform::jetstream::deadletter_subject("CLINIC"));
-    let reason = first.headers.get(DEADLETTER_REASON).map(|v| v.to_string()).unwrap_or_default();
-    assert!(reason.contains("not a protobuf event message"), "reason: {reason}");
+    assert_eq!(
+        first.subject.as_str(),
+        followup_platform::jetstream::deadletter_subject("CLINIC")
+    );
+    let reason = first
+        .headers
+        .get(DEADLETTER_REASON)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("not a protobuf event message"),
+        "reason: {reason}"
+    );
     let second = deadletters.get_raw_message(2).await.unwrap();
-    let reason = second.headers.get(DEADLETTER_REASON).map(|v| v.to_string()).unwrap_or_default();
+    let reason = second
+        .headers
+        .get(DEADLETTER_REASON)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
     assert!(reason.contains("not valid JSON"), "reason: {reason}");
 }
 
@@ -98,7 +142,11 @@ async fn one_bad_event_in_a_batch_costs_its_neighbours_nothing() {
     let mut expected = Vec::new();
     for i in 0..20 {
         let e = event("c1");
-        let subject = if i == 7 { "clinic.c1.poison.x" } else { "clinic.c1.patient.upserted" };
+        let subject = if i == 7 {
+            "clinic.c1.poison.x"
+        } else {
+            "clinic.c1.patient.upserted"
+        };
         env.publish(subject, &e).await;
         if i != 7 {
             expected.push(e.event_id);
@@ -114,21 +162,39 @@ async fn one_bad_event_in_a_batch_costs_its_neighbours_nothing() {
     env.nats
         .jetstream()
         .await
-        .send_publish("clinic.c1.patient.upserted", PublishMessage::build().payload(json.into()).headers(json_headers))
+        .send_publish(
+            "clinic.c1.patient.upserted",
+            PublishMessage::build()
+                .payload(json.into())
+                .headers(json_headers),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     env.publish("clinic.c1.flaky.x", &event("c1")).await;
-    platform.consume(ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"), Recorder).await.unwrap();
+    platform
+        .consume(
+            ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"),
+            Recorder,
+        )
+        .await
+        .unwrap();
 
     let pool = platform.pool.clone();
-    eventually("19 good, 1 JSON and the flaky one (on its retry) applied", || {
-        let pool = pool.clone();
-        async move { applied(&pool).await == 21 }
-    })
+    eventually(
+        "19 good, 1 JSON and the flaky one (on its retry) applied",
+        || {
+            let pool = pool.clone();
+            async move { applied(&pool).await == 21 }
+        },
+    )
     .await;
-    let poisoned = count(&pool, "SELECT count(*) FROM applied WHERE subject LIKE '%poison%'").await;
+    let poisoned = count(
+        &pool,
+        "SELECT count(*) FROM applied WHERE subject LIKE '%poison%'",
+    )
+    .await;
     assert_eq!(poisoned, 0);
     let text = platform.metrics.encode();
     assert!(text.contains("outcome=\"dead_lettered\"} 1"), "{text}");
@@ -139,7 +205,13 @@ async fn one_bad_event_in_a_batch_costs_its_neighbours_nothing() {
 async fn an_event_whose_tenant_is_not_the_subjects_is_refused() {
     let env = TestEnv::start().await;
     let platform = platform(&env).await;
-    platform.consume(ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"), Recorder).await.unwrap();
+    platform
+        .consume(
+            ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"),
+            Recorder,
+        )
+        .await
+        .unwrap();
     let js = env.nats.jetstream().await;
     let foreign = event("c2");
     js.send_publish(

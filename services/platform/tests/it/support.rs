@@ -11,10 +11,15 @@ use sqlx::migrate::Migrator;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("tests/it/migrations");
 
-pub const INFO: ServiceInfo = ServiceInfo { name: "itest", grpc_port: 0, admin_port: 0 };
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: "itest",
+    grpc_port: 0,
+    admin_port: 0,
+};
 
 pub fn config(env: &TestEnv) -> CommonConfig {
-    env.config(&INFO, followup_platform::config::NoServiceConfig {}).common
+    env.config(&INFO, followup_platform::config::NoServiceConfig {})
+        .common
 }
 
 pub async fn platform(env: &TestEnv) -> Platform {
@@ -23,7 +28,11 @@ pub async fn platform(env: &TestEnv) -> Platform {
 
 /// An event of the generic header shape, for `tenant`.
 pub fn event(tenant: &str) -> EventHeader {
-    EventHeader { event_id: new_event_id().to_string(), tenant_id: tenant.into(), occurred_at: Some(now_timestamp()) }
+    EventHeader {
+        event_id: new_event_id().to_string(),
+        tenant_id: tenant.into(),
+        occurred_at: Some(now_timestamp()),
+    }
 }
 
 /// Records every event it applies; refuses subjects containing `poison`, fails `flaky` ones
@@ -66,5 +75,8 @@ where
 }
 
 pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

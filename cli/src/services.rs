@@ -1,0 +1,105 @@
+//! The five services as the dev stack runs them: in this process, each with its own database.
+
+use followup_platform::config::Sources;
+use followup_platform::service::{Running, ServiceConfig, ServiceInfo};
+
+pub const ALL: [ServiceInfo; 5] = [
+    followup_plans::INFO,
+    followup_cases::INFO,
+    followup_engagement::INFO,
+    followup_scheduler::INFO,
+    followup_notifications::INFO,
+];
+
+/// What the dev stack hands every service.
+pub struct DevEnvironment {
+    pub nats_url: String,
+    pub staff_public_pem: String,
+    /// Free ports instead of the defaults.
+    pub ephemeral_ports: bool,
+}
+
+impl DevEnvironment {
+    /// The environment still counts (`FOLLOWUP_<SERVICE>__*` tunes a dev service), but where the
+    /// infrastructure is and which keys to trust are the dev stack's to say.
+    fn sources(&self, database_url: &str) -> Sources {
+        let mut sources = Sources::from_environment()
+            .set("database_url", database_url)
+            .set("nats_url", &self.nats_url)
+            .set("auth.jwt_public_keys", vec![self.staff_public_pem.clone()])
+            .set("log.format", "pretty")
+            .set("database_max_connections", 8)
+            .set("shutdown_grace_secs", 10);
+        if self.ephemeral_ports {
+            sources = sources
+                .set("grpc_addr", "127.0.0.1:0")
+                .set("admin_addr", "127.0.0.1:0");
+        }
+        sources
+    }
+}
+
+fn config<S>(info: &ServiceInfo, defaults: S, sources: Sources) -> anyhow::Result<ServiceConfig<S>>
+where
+    S: serde::Serialize + serde::de::DeserializeOwned,
+{
+    Ok(ServiceConfig::load(info, defaults, sources)?)
+}
+
+/// Starts one service against the dev environment.
+pub async fn start(
+    name: &str,
+    env: &DevEnvironment,
+    database_url: &str,
+) -> anyhow::Result<Running> {
+    let sources = env.sources(database_url);
+    let running = match name {
+        "plans" => {
+            let info = followup_plans::INFO;
+            followup_plans::Service::build(config(
+                &info,
+                followup_plans::Settings::default(),
+                sources,
+            )?)
+            .await?
+        }
+        "cases" => {
+            let info = followup_cases::INFO;
+            followup_cases::Service::build(config(
+                &info,
+                followup_cases::Settings::default(),
+                sources,
+            )?)
+            .await?
+        }
+        "engagement" => {
+            let info = followup_engagement::INFO;
+            followup_engagement::Service::build(config(
+                &info,
+                followup_engagement::Settings::default(),
+                sources,
+            )?)
+            .await?
+        }
+        "scheduler" => {
+            let info = followup_scheduler::INFO;
+            followup_scheduler::Service::build(config(
+                &info,
+                followup_scheduler::Settings::default(),
+                sources,
+            )?)
+            .await?
+        }
+        "notifications" => {
+            let info = followup_notifications::INFO;
+            followup_notifications::Service::build(config(
+                &info,
+                followup_notifications::Settings::default(),
+                sources,
+            )?)
+            .await?
+        }
+        other => anyhow::bail!("no service named {other}"),
+    };
+    Ok(running)
+}

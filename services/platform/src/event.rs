@@ -203,6 +203,13 @@ impl Envelope {
         parts.nth(2).unwrap_or("")
     }
 
+    /// The kind of event the subject carries (None for a subject outside the table).
+    pub fn kind(&self) -> Option<&'static followup_proto::subjects::EventKind> {
+        followup_proto::subjects::parse(&self.subject)
+            .ok()
+            .map(|parsed| parsed.kind)
+    }
+
     /// Decodes the whole message as `T`, from protobuf or proto3 JSON.
     pub fn decode<T: Message + Name + Default>(&self) -> Result<T, Malformed> {
         if !self.json {

@@ -12,10 +12,12 @@ use async_nats::jetstream::{self, Context};
 
 use crate::config::CommonConfig;
 
-pub const CLINIC: &str = "CLINIC";
-pub const FOLLOWUP: &str = "FOLLOWUP";
-pub const BEACONS: &str = "BEACONS";
-pub const DEADLETTER: &str = "DEADLETTER";
+use followup_proto::subjects::Stream;
+
+pub const CLINIC: &str = Stream::Clinic.name();
+pub const FOLLOWUP: &str = Stream::Followup.name();
+pub const BEACONS: &str = Stream::Beacons.name();
+pub const DEADLETTER: &str = Stream::Deadletter.name();
 
 #[derive(Debug, thiserror::Error)]
 pub enum JetStreamError {
@@ -34,8 +36,8 @@ pub enum JetStreamError {
 /// A stream and why it is set the way it is.
 #[derive(Clone, Debug)]
 pub struct StreamSpec {
-    pub name: &'static str,
-    pub subjects: &'static [&'static str],
+    /// Its name and subjects come from the contract table.
+    pub stream: Stream,
     /// How long messages are kept. Long enough for a backtest over a month of history and for a consumer
     /// that was down for days to catch up.
     pub max_age: Duration,
@@ -51,16 +53,14 @@ const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 pub fn streams() -> [StreamSpec; 4] {
     [
         StreamSpec {
-            name: CLINIC,
-            subjects: &["clinic.>"],
+            stream: Stream::Clinic,
             max_age: 30 * DAY,
             // Clinic systems retry within seconds to minutes; their rate is low.
             duplicate_window: Duration::from_secs(10 * 60),
             max_bytes: -1,
         },
         StreamSpec {
-            name: FOLLOWUP,
-            subjects: &["followup.>"],
+            stream: Stream::Followup,
             max_age: 30 * DAY,
             // An outbox relay that crashed after publishing republishes on restart, within this window.
             // Past it the consumers' inboxes still drop the duplicate.
@@ -68,8 +68,7 @@ pub fn streams() -> [StreamSpec; 4] {
             max_bytes: -1,
         },
         StreamSpec {
-            name: BEACONS,
-            subjects: &["beacons.>"],
+            stream: Stream::Beacons,
             // Beacons are folded into facts within seconds; a week covers a long aggregator outage.
             max_age: 7 * DAY,
             // The highest-rate stream: a browser retries a beacon within seconds, so keep the window short.
@@ -77,8 +76,7 @@ pub fn streams() -> [StreamSpec; 4] {
             max_bytes: -1,
         },
         StreamSpec {
-            name: DEADLETTER,
-            subjects: &["deadletter.>"],
+            stream: Stream::Deadletter,
             // Operators need time to look at a poison message and replay or discard it.
             max_age: 90 * DAY,
             duplicate_window: Duration::from_secs(10 * 60),
@@ -87,9 +85,12 @@ pub fn streams() -> [StreamSpec; 4] {
     ]
 }
 
-/// The dead-letter subject for messages of a stream: `deadletter.clinic`, `deadletter.followup`, ….
+/// The dead-letter subject for messages of a stream (by name): `deadletter.clinic`, `deadletter.followup`, ….
 pub fn deadletter_subject(stream: &str) -> String {
-    format!("deadletter.{}", stream.to_lowercase())
+    match Stream::ALL.into_iter().find(|s| s.name() == stream) {
+        Some(stream) => stream.deadletter_subject(),
+        None => format!("deadletter.{}", stream.to_lowercase()),
+    }
 }
 
 /// Connects to NATS, retrying while it is not reachable yet.
@@ -162,8 +163,8 @@ async fn ensure_stream(
     replicas: usize,
 ) -> Result<(), JetStreamError> {
     let config = stream::Config {
-        name: spec.name.to_string(),
-        subjects: spec.subjects.iter().map(|s| s.to_string()).collect(),
+        name: spec.stream.name().to_string(),
+        subjects: vec![spec.stream.subjects().to_string()],
         retention: RetentionPolicy::Limits,
         storage: StorageType::File,
         discard: DiscardPolicy::Old,
@@ -186,7 +187,7 @@ async fn ensure_stream(
         }
     }
     Err(JetStreamError::Stream {
-        stream: spec.name.to_string(),
+        stream: spec.stream.name().to_string(),
         reason: last_error,
     })
 }

@@ -47,6 +47,19 @@ pub async fn enqueue<M: Message + Name>(
     Ok(event.event_id)
 }
 
+/// Writes an event of the contract table to the outbox, on the subject its kind and tenant give.
+pub async fn enqueue_event<E: followup_proto::subjects::Event>(
+    conn: &mut PgConnection,
+    source: &str,
+    event: &E,
+) -> Result<Uuid, OutboxError> {
+    let subject = event.subject().map_err(|e| EventError::Invalid {
+        field: "tenant_id",
+        reason: format!("{e:?}"),
+    })?;
+    enqueue(conn, source, subject, event).await
+}
+
 /// Writes already-built events in one statement (hot paths that emit many at once).
 pub async fn enqueue_events(
     conn: &mut PgConnection,

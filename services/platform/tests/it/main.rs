@@ -2,6 +2,7 @@
 //! `nats-server` per test.
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod consumer;
 mod outbox;
 mod serve;

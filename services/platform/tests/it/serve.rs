@@ -2,31 +2,8 @@ use std::time::Duration;
 
 use followup_platform::grpc::GrpcServices;
 use followup_platform::testkit::TestEnv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{eventually, platform};
-
-/// A plain HTTP/1.0 GET: status code and body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (code, body)
-}
+use crate::support::{eventually, get, platform};
 
 #[tokio::test]
 async fn health_readiness_metrics_and_a_clean_stop() {

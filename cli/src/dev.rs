@@ -157,6 +157,8 @@ async fn run_services(args: &DevArgs, infra: &Infra) -> anyhow::Result<()> {
     let environment = DevEnvironment {
         nats_url: infra.nats_url.clone(),
         staff_public_pem: keys.staff.public_pem.clone(),
+        portal_private_pem: keys.portal.private_pem.clone(),
+        portal_public_pem: keys.portal.public_pem.clone(),
         ephemeral_ports: args.ephemeral_ports,
     };
 

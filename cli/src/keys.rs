@@ -1,4 +1,4 @@
-//! The dev stack's keys: the pair that signs staff tokens.
+//! The dev stack's keys: one pair signs staff tokens, one pair signs patients' portal links.
 //!
 //! They live in `<dir>/keys/` (default `.followup/keys/`), made on first use, so tokens printed yesterday
 //! still work after a restart. Production keys come from Secrets, never from here.
@@ -14,6 +14,7 @@ pub const AUDIENCE: &str = "followup";
 
 pub struct DevKeys {
     pub staff: KeyPair,
+    pub portal: KeyPair,
 }
 
 impl DevKeys {
@@ -23,6 +24,7 @@ impl DevKeys {
         std::fs::create_dir_all(&keys).with_context(|| format!("creating {}", keys.display()))?;
         Ok(Self {
             staff: pair(&keys, "staff")?,
+            portal: pair(&keys, "portal")?,
         })
     }
 
@@ -43,7 +45,7 @@ impl DevKeys {
     }
 }
 
-pub fn pair(dir: &Path, name: &str) -> anyhow::Result<KeyPair> {
+fn pair(dir: &Path, name: &str) -> anyhow::Result<KeyPair> {
     let private = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
     if private.is_file() && public.is_file() {

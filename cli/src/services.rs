@@ -15,6 +15,9 @@ pub const ALL: [ServiceInfo; 5] = [
 pub struct DevEnvironment {
     pub nats_url: String,
     pub staff_public_pem: String,
+    /// Signs portal links (plans) and verifies them (engagement).
+    pub portal_private_pem: String,
+    pub portal_public_pem: String,
     /// Free ports instead of the defaults.
     pub ephemeral_ports: bool,
 }
@@ -56,6 +59,7 @@ pub async fn start(
     let running = match name {
         "plans" => {
             let info = followup_plans::INFO;
+            let sources = sources.set("portal_signing_key", &env.portal_private_pem);
             followup_plans::Service::build(config(
                 &info,
                 followup_plans::Settings::default(),
@@ -74,6 +78,7 @@ pub async fn start(
         }
         "engagement" => {
             let info = followup_engagement::INFO;
+            let sources = sources.set("portal_public_keys", vec![env.portal_public_pem.clone()]);
             followup_engagement::Service::build(config(
                 &info,
                 followup_engagement::Settings::default(),

@@ -85,6 +85,27 @@ pub trait Handler: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: &Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Whether the runner hands a whole batch to [`Handler::handle_batch`] (true) or each event to
+    /// [`Handler::handle`] in its own span (false, the default).
+    const BATCHED: bool = false;
+
+    /// The fresh events of one batch (duplicates already dropped), in delivery order, in one transaction;
+    /// called only when [`Handler::BATCHED`] is true. A high-rate consumer overrides it to write a whole
+    /// batch in a few statements. On any error the runner rolls the batch back and replays it event by
+    /// event through [`Handler::handle`], so each event still gets its own outcome.
+    fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for event in events {
+                self.handle(conn, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 enum Outcome {
@@ -326,6 +347,7 @@ impl<H: Handler> Consumer<H> {
         };
         let mut seen = HashSet::new();
         let mut outcomes = Vec::with_capacity(envelopes.len());
+        let mut apply = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
             let Some(envelope) = envelope else {
                 outcomes.push(None);
@@ -337,8 +359,23 @@ impl<H: Handler> Consumer<H> {
                 outcomes.push(Some(Outcome::Duplicate));
                 continue;
             }
-            self.handle(&mut tx, envelope).await?;
+            if H::BATCHED {
+                apply.push(envelope);
+            } else {
+                self.handle(&mut tx, envelope).await?;
+            }
             outcomes.push(Some(Outcome::Applied));
+        }
+        if !apply.is_empty() {
+            let span = tracing::info_span!(
+                "consume_batch",
+                consumer = %self.spec.durable,
+                events = apply.len(),
+            );
+            self.handler
+                .handle_batch(&mut tx, &apply)
+                .instrument(span)
+                .await?;
         }
         tx.commit().await?;
         Ok(outcomes)

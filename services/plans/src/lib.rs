@@ -1,6 +1,8 @@
 //! The plans service. Multi-visit treatment plans: catalogue and fees, items and dependencies, DRAFT → APPROVED → COMPLETED / CANCELLED, patient approval through a portal link.
 
 pub mod config;
+pub mod domain;
+pub mod error;
 pub mod grpc;
 
 use followup_platform::service::{Platform, Running, ServiceInfo, StartError};

@@ -1,6 +1,7 @@
 //! The scheduler service. Automation rules and timed follow-up sequences that stop when the patient books, rejects, replies or opts out.
 
 pub mod config;
+pub mod domain;
 pub mod grpc;
 
 use followup_platform::service::{Platform, Running, ServiceInfo, StartError};

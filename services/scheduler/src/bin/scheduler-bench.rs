@@ -1,0 +1,3 @@
+//! The scheduler's load generator (written with the benchmark stage).
+
+fn main() {}

@@ -1,6 +1,7 @@
 //! The cases service. Case presentations: the follow-up dashboard of every plan sent, its queue and the clinic's leakage figure.
 
 pub mod config;
+pub mod domain;
 pub mod grpc;
 
 use followup_platform::service::{Platform, Running, ServiceInfo, StartError};

@@ -1,0 +1,79 @@
+//! The case domain, plain Rust: statuses and their transitions, how events change a case, the follow-up
+//! queue's order and reasons, the leakage report, timers. No database, no gRPC, no NATS here.
+
+pub mod case;
+pub mod clock;
+pub mod ranking;
+pub mod report;
+pub mod status;
+pub mod text;
+pub mod timeline;
+pub mod vocab;
+
+pub use case::{CaseEvent, CaseSettings, CaseState, Input};
+pub use status::CaseStatus;
+
+/// Validates clinic settings; the message names what is wrong, in words an admin can act on.
+pub fn validate_settings(settings: &CaseSettings) -> Result<(), (&'static str, String)> {
+    const MIN_WINDOW: i64 = 60;
+    const MAX_WINDOW: i64 = 60 * 86_400;
+    if !(MIN_WINDOW..=MAX_WINDOW).contains(&settings.response_window_secs) {
+        return Err((
+            "response_window",
+            format!(
+                "must be between 1 minute and 60 days, got {} s",
+                settings.response_window_secs
+            ),
+        ));
+    }
+    if settings.digest_hour > 23 {
+        return Err((
+            "digest_hour",
+            format!("must be 0-23, got {}", settings.digest_hour),
+        ));
+    }
+    if settings.time_zone.parse::<chrono_tz::Tz>().is_err() {
+        return Err((
+            "time_zone",
+            format!(
+                "`{}` is not an IANA time zone (e.g. \"Europe/Dublin\")",
+                settings.time_zone
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(validate_settings(&CaseSettings::default()).is_ok());
+        let bad_zone = CaseSettings {
+            time_zone: "Mars/Olympus".into(),
+            ..CaseSettings::default()
+        };
+        assert_eq!(
+            validate_settings(&bad_zone).map_err(|e| e.0),
+            Err("time_zone")
+        );
+        let bad_hour = CaseSettings {
+            digest_hour: 24,
+            ..CaseSettings::default()
+        };
+        assert_eq!(
+            validate_settings(&bad_hour).map_err(|e| e.0),
+            Err("digest_hour")
+        );
+        let short = CaseSettings {
+            response_window_secs: 5,
+            ..CaseSettings::default()
+        };
+        assert_eq!(
+            validate_settings(&short).map_err(|e| e.0),
+            Err("response_window")
+        );
+    }
+}

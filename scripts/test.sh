@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "buf lint"
 bash scripts/buf-lint.sh
 
+step "deploy: kustomize render, schema validation, policy tests, hadolint, checkov"
+bash deploy/validate.sh
+
 infra_pid=""
 cleanup() {
   if [[ -n "$infra_pid" ]]; then

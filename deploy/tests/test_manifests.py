@@ -25,7 +25,7 @@ SERVICES = {
     "cases": (50052, 9092, None),
     "engagement": (50053, 9093, 8080),
     "scheduler": (50054, 9094, None),
-    "notifications": (50055, 9095, None),
+    "notifications": (50055, 9095, 8082),
 }
 AUTOSCALED = {"engagement", "scheduler", "notifications"}
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
@@ -236,12 +236,25 @@ def test_network_policies_deny_by_default_and_cover_every_pod(overlay):
 
 
 def test_ingress_routes_the_public_endpoints(overlay):
-    _, docs = overlay
+    name, docs = overlay
     (ingress,) = by_kind(docs, "Ingress").values()
-    routes = {p["path"]: p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
-    assert routes["/v1/beacons"] == {"name": "engagement", "port": {"name": "http"}}
-    assert routes["/v1/beacon.js"] == {"name": "engagement", "port": {"name": "http"}}
-    assert routes["/"] == {"name": "plans", "port": {"name": "http"}}
+    routes = {p["path"]: p["backend"]["service"]["name"]
+              for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    # The routes each service's HTTP router serves (services/<name>/src/http).
+    assert routes == {
+        "/p": "plans", "/v1/portal": "plans",
+        "/v1/beacons": "engagement", "/v1/beacon.js": "engagement",
+        "/sms": "notifications", "/unsubscribe": "notifications",
+    }
+    for r in ingress["spec"]["rules"]:
+        for p in r["http"]["paths"]:
+            assert p["backend"]["service"]["port"] == {"name": "http"}, p["path"]
+    # The host the services put in the links they send is the host the Ingress serves.
+    (host,) = {r["host"] for r in ingress["spec"]["rules"]}
+    configs = {n.rsplit("-", 1)[0]: c["data"] for n, c in by_kind(docs, "ConfigMap").items()}
+    if name == "production":
+        assert configs["plans-config"]["FOLLOWUP_PLANS__PORTAL_BASE_URL"] == f"https://{host}"
+        assert configs["notifications-config"]["FOLLOWUP_NOTIFICATIONS__PUBLIC_BASE_URL"] == f"https://{host}"
 
 
 def test_production_is_highly_available():

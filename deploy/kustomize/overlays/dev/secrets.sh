@@ -35,6 +35,9 @@ apply postgres-dev --from-file=superuser-password="$dir/superuser.password" \
 for s in "${services[@]}"; do
   apply "$s-database" --from-literal=url="postgres://followup_$s:$(cat "$dir/$s.password")@postgres:5432/followup_$s"
 done
-# No provider credentials in dev: add FOLLOWUP_NOTIFICATIONS__* keys here to send real messages.
-apply notifications-providers
+# No provider credentials in dev (messages to SMS and email fail with "no provider configured"): add
+# FOLLOWUP_NOTIFICATIONS__SMS__AUTH_TOKEN, __SMTP__URL, … here to send real ones.
+[[ -f "$dir/unsubscribe.key" ]] || openssl rand -hex 32 >"$dir/unsubscribe.key"
+apply notifications-providers \
+  --from-literal=FOLLOWUP_NOTIFICATIONS__UNSUBSCRIBE_SIGNING_KEY="$(cat "$dir/unsubscribe.key")"
 echo "Secrets ready in namespace $ns. Staff token: followup token --dir $dir" >&2

@@ -49,6 +49,9 @@ for dir in kustomize/overlays/*/; do
   done
 done
 
+# FOLLOWUP_BIN_DIR=target/debug (or release) also runs each service's `config` with its manifest's
+# environment: the services refuse unknown keys, so this catches a renamed one. CI leaves it off: the step
+# runs before anything is built.
 step "pytest deploy/tests"
 FOLLOWUP_RENDERED="$out" python -m pytest -q -p no:cacheprovider tests
 

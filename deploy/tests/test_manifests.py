@@ -319,3 +319,46 @@ def test_accepted_scanner_findings_are_justified_in_the_readme():
     assert accepted, "no accepted findings found: the patterns above are stale"
     missing = sorted(a for a in accepted if a not in section)
     assert not missing, f"deploy/README.md does not justify {missing}"
+
+
+# Stand-ins for Secret values, shaped like the real ones, for the configuration check below.
+SECRET_STANDINS = {
+    "url": "postgres://user:password@db:5432/followup",
+    "portal.pem": "-----BEGIN PRIVATE KEY-----\nstand-in\n-----END PRIVATE KEY-----\n",
+}
+PROVIDER_STANDINS = {
+    "FOLLOWUP_NOTIFICATIONS__UNSUBSCRIBE_SIGNING_KEY": "x" * 40,
+    "FOLLOWUP_NOTIFICATIONS__SMS__AUTH_TOKEN": "token",
+    "FOLLOWUP_NOTIFICATIONS__SMS__CALLBACK_SECRET": "whsec_stand-in",
+    "FOLLOWUP_NOTIFICATIONS__SMTP__URL": "smtp://127.0.0.1:2525",
+}
+
+
+@pytest.mark.skipif(not os.environ.get("FOLLOWUP_BIN_DIR"), reason="set FOLLOWUP_BIN_DIR=target/debug (or release)")
+def test_every_service_accepts_its_manifest_configuration(overlay):
+    """Runs `<binary> config` with exactly the environment each container gets (Secrets by stand-ins): the
+    services refuse unknown or malformed keys, so a renamed key fails here rather than in a rollout.
+    Opt-in, since it needs the binaries built: FOLLOWUP_BIN_DIR=target/debug deploy/validate.sh"""
+    name, docs = overlay
+    bin_dir = Path(os.environ["FOLLOWUP_BIN_DIR"])
+    if not bin_dir.is_absolute():
+        bin_dir = REPO / bin_dir
+    configmaps = {n: c.get("data", {}) for n, c in by_kind(docs, "ConfigMap").items()}
+    for what, _doc, spec in pod_specs(docs):
+        for c in containers(spec):
+            if not c.get("command", [""])[0].startswith("followup-"):
+                continue
+            env = {"PATH": os.environ.get("PATH", "")}
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:
+                    env.update(configmaps[source["configMapRef"]["name"]])
+                if "secretRef" in source:
+                    env.update(PROVIDER_STANDINS)
+            for var in c.get("env", []):
+                if "value" in var:
+                    env[var["name"]] = var["value"]
+                elif "secretKeyRef" in var.get("valueFrom", {}):
+                    env[var["name"]] = SECRET_STANDINS[var["valueFrom"]["secretKeyRef"]["key"]]
+            done = subprocess.run([str(bin_dir / c["command"][0]), "config"], env=env,
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, f"{name}: {what}: {done.stderr.strip()}"

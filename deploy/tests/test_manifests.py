@@ -362,3 +362,32 @@ def test_every_service_accepts_its_manifest_configuration(overlay):
             done = subprocess.run([str(bin_dir / c["command"][0]), "config"], env=env,
                                   capture_output=True, text=True)
             assert done.returncode == 0, f"{name}: {what}: {done.stderr.strip()}"
+
+
+def test_the_first_rollout_phase_holds_what_migrations_need(overlay):
+    """deploy/rollout.sh applies `-l app.kubernetes.io/component!=server` first, waits for the migration
+    Jobs, then applies everything: the first phase must hold every Job and all a Job refers to, and none of
+    the services' serving objects."""
+    name, docs = overlay
+    first = [d for d in docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "server"]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in first}
+    for svc in SERVICES:
+        assert ("Job", f"{svc}-migrate") in kinds
+        assert ("ServiceAccount", svc) in kinds, f"{name}: {svc}-migrate's ServiceAccount comes later"
+        for kind in ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
+            assert (kind, svc) not in kinds, f"{name}: {kind}/{svc} is applied before the migrations"
+    names = {n for _, n in kinds}
+    for _what, job, spec in pod_specs(first):
+        if job["kind"] != "Job":
+            continue
+        for c in containers(spec):
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in names, f"{name}: {job['metadata']['name']}"
+    policies = [d for d in first if d["kind"] == "NetworkPolicy"]
+    job_labels = next(j for j in first if j["kind"] == "Job")["spec"]["template"]["metadata"]["labels"]
+    assert any("Egress" in p["spec"]["policyTypes"] and labels_match(p["spec"]["podSelector"], job_labels)
+               and any(port.get("port") == 5432 for rule in p["spec"].get("egress", [])
+                       for port in rule.get("ports", []))
+               for p in policies), f"{name}: the migration Jobs cannot reach PostgreSQL in the first phase"
+    assert ("Namespace", "followup") in kinds

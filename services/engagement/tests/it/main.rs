@@ -1,5 +1,6 @@
 //! Integration tests of the engagement service against real PostgreSQL and NATS (testkit).
 
+mod browser;
 mod facts;
 mod ingest;
 mod support;

@@ -391,3 +391,16 @@ def test_the_first_rollout_phase_holds_what_migrations_need(overlay):
                        for port in rule.get("ports", []))
                for p in policies), f"{name}: the migration Jobs cannot reach PostgreSQL in the first phase"
     assert ("Namespace", "followup") in kinds
+
+
+def test_the_postgres_tls_note_matches_the_build():
+    """deploy/README.md tells operators whether the services can speak TLS to PostgreSQL; it follows the
+    sqlx features of the workspace, so enabling TLS there makes this fail until the guide says so."""
+    cargo = (REPO / "Cargo.toml").read_text()
+    sqlx = re.search(r"^sqlx\s*=\s*\{.*\}\s*$", cargo, re.M)
+    assert sqlx, "no sqlx line in the workspace Cargo.toml"
+    has_tls = re.search(r'"tls-(rustls|native)', sqlx.group(0)) is not None
+    says_unavailable = "TLS to PostgreSQL: not available" in (DEPLOY / "README.md").read_text()
+    assert has_tls != says_unavailable, (
+        "sqlx is now built with TLS: rewrite deploy/README.md's PostgreSQL TLS note (sslmode=verify-full)"
+        if has_tls else "deploy/README.md must say that TLS to PostgreSQL is not available")

@@ -41,6 +41,9 @@ pub struct Settings {
     pub publish_timeout_ms: u64,
     /// Verified portal tokens kept in memory, so a page's heartbeats skip the signature check.
     pub token_cache_size: usize,
+    /// How long a beacon batch the aggregator fetched may stay unacknowledged before JetStream delivers it
+    /// again (after a crash, this is how long the batches it held wait).
+    pub aggregator_ack_wait_secs: u64,
 }
 
 impl Default for Settings {
@@ -60,6 +63,7 @@ impl Default for Settings {
             update_poll_ms: 1000,
             publish_timeout_ms: 5000,
             token_cache_size: 100_000,
+            aggregator_ack_wait_secs: 30,
         }
     }
 }
@@ -110,8 +114,14 @@ impl Settings {
                     .into(),
             );
         }
-        if self.update_poll_ms == 0 || self.publish_timeout_ms == 0 {
-            return Err("update_poll_ms and publish_timeout_ms must be at least 1".into());
+        if self.update_poll_ms == 0
+            || self.publish_timeout_ms == 0
+            || self.aggregator_ack_wait_secs == 0
+        {
+            return Err(
+                "update_poll_ms, publish_timeout_ms and aggregator_ack_wait_secs must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }

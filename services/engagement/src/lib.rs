@@ -85,7 +85,7 @@ impl Service {
             consumers::DURABLE,
             BeaconBatch::KIND.filter_subject(),
         );
-        spec.ack_wait = Duration::from_secs(30);
+        spec.ack_wait = Duration::from_secs(settings.aggregator_ack_wait_secs);
         platform
             .consume(
                 spec,

@@ -198,21 +198,33 @@ pub async fn post_raw(
     content_type: &str,
     body: Bytes,
 ) -> (u16, http::HeaderMap, Value) {
+    try_post_raw(client, addr, content_type, body)
+        .await
+        .expect("HTTP round trip")
+}
+
+/// The same, with a broken connection as an error (the crash test cuts them).
+pub async fn try_post_raw(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    content_type: &str,
+    body: Bytes,
+) -> Result<(u16, http::HeaderMap, Value), String> {
     let request = http::Request::post(format!("http://{addr}/v1/beacons"))
         .header("content-type", content_type)
         .body(Full::new(body))
-        .expect("request");
-    let response = client.request(request).await.expect("HTTP round trip");
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response
         .into_body()
         .collect()
         .await
-        .expect("body")
+        .map_err(|e| e.to_string())?
         .to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, headers, value)
+    Ok((status, headers, value))
 }
 
 /// The millisecond count of a Duration message.

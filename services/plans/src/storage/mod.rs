@@ -1,0 +1,4 @@
+//! PostgreSQL: the clinic's catalogue and its plans. Every table has tenant_id; every query filters by it.
+
+pub mod catalog;
+pub mod plans;

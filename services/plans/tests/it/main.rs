@@ -1,0 +1,8 @@
+//! The plans service, started for real (port 0) against a fresh database and a private nats-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod catalog;
+mod events;
+mod plans;
+mod portal;
+mod support;

@@ -13,6 +13,8 @@ have_postgres || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 if [[ "${FOLLOWUP_NEED_NODE:-0}" == 1 ]]; then
   command -v npm >/dev/null 2>&1 || missing+=(npm)
+  # deploy/validate.sh makes a virtualenv; Debian splits ensurepip into python3-venv.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 for extra in ${FOLLOWUP_EXTRA_PACKAGES:-}; do
   dpkg -s "$extra" >/dev/null 2>&1 || missing+=("$extra")

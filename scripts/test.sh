@@ -7,7 +7,7 @@
 # and its own nats-server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export FOLLOWUP_NEED_NODE=1
+export FOLLOWUP_TEST_TOOLS=1
 # engagement's browser test drives headless Chromium through chromedriver.
 export FOLLOWUP_EXTRA_PACKAGES="${FOLLOWUP_EXTRA_PACKAGES:-} chromium chromium-driver"
 bash scripts/lib/ensure-deps.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Followup needs from Debian's packages when it is missing: nats-server, PostgreSQL, npm
-# (for buf). Idempotent and quiet when everything is there. Sourced or run by scripts/dev.sh and
+# and, for the tests (FOLLOWUP_TEST_TOOLS=1), npm and python3-venv. Idempotent and quiet when everything is there. Sourced or run by scripts/dev.sh and
 # scripts/test.sh. Needs root or sudo only when something must be installed.
 set -euo pipefail
 
@@ -11,7 +11,7 @@ have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || 
 have_nats || missing+=(nats-server)
 have_postgres || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
-if [[ "${FOLLOWUP_NEED_NODE:-0}" == 1 ]]; then
+if [[ "${FOLLOWUP_TEST_TOOLS:-0}" == 1 ]]; then
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   # deploy/validate.sh makes a virtualenv; Debian splits ensurepip into python3-venv.
   python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what Followup needs from Debian's packages when it is missing: nats-server, PostgreSQL, npm
-# and, for the tests (FOLLOWUP_TEST_TOOLS=1), npm and python3-venv. Idempotent and quiet when everything is there. Sourced or run by scripts/dev.sh and
+# Installs what Followup needs from Debian's packages when it is missing: nats-server and PostgreSQL;
+# for the tests (FOLLOWUP_TEST_TOOLS=1) also npm (buf) and python3-venv (deploy validation); and any
+# FOLLOWUP_EXTRA_PACKAGES. Idempotent and quiet when everything is there. Run by scripts/dev.sh and
 # scripts/test.sh. Needs root or sudo only when something must be installed.
 set -euo pipefail
 

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod dev;
 mod keys;
+mod plans;
 mod services;
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Print a staff token signed with the dev stack's key (for grpcurl and the admin commands).
     Token(keys::TokenArgs),
+    /// The plans service: catalogue, fee schedules, and plans from draft to completion.
+    Plans(Box<plans::PlansArgs>),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Token(args) => keys::print_token(args),
+            Command::Plans(args) => plans::run(*args).await,
         }
     });
     match outcome {

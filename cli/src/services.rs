@@ -59,7 +59,10 @@ pub async fn start(
     let running = match name {
         "plans" => {
             let info = followup_plans::INFO;
-            let sources = sources.set("portal_signing_key", &env.portal_private_pem);
+            let mut sources = sources.set("portal_signing_key", &env.portal_private_pem);
+            if env.ephemeral_ports {
+                sources = sources.set("portal_addr", "127.0.0.1:0");
+            }
             followup_plans::Service::build(config(
                 &info,
                 followup_plans::Settings::default(),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dev;
+mod engagement;
 mod keys;
 mod plans;
 mod services;
@@ -26,6 +27,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Print a staff token signed with the dev stack's key (for grpcurl and the admin commands).
     Token(keys::TokenArgs),
+    /// The engagement service: who viewed a plan, when, for how long and what.
+    Engagement(engagement::EngagementArgs),
     /// The plans service: catalogue, fee schedules, and plans from draft to completion.
     Plans(Box<plans::PlansArgs>),
 }
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Token(args) => keys::print_token(args),
+            Command::Engagement(args) => engagement::run(args).await,
             Command::Plans(args) => plans::run(*args).await,
         }
     });

@@ -81,7 +81,13 @@ pub async fn start(
         }
         "engagement" => {
             let info = followup_engagement::INFO;
-            let sources = sources.set("portal_public_keys", vec![env.portal_public_pem.clone()]);
+            // Any origin may post beacons in dev: the portal page runs on another port.
+            let mut sources = sources
+                .set("portal_public_keys", vec![env.portal_public_pem.clone()])
+                .set("allowed_origins", vec!["*"]);
+            if env.ephemeral_ports {
+                sources = sources.set("http_addr", "127.0.0.1:0");
+            }
             followup_engagement::Service::build(config(
                 &info,
                 followup_engagement::Settings::default(),

@@ -45,6 +45,10 @@ pub fn validate(settings: &Settings) -> Result<(), String> {
     if settings.delivery.batch_size < 1 || settings.delivery.workers == 0 {
         return Err("delivery.batch_size and delivery.workers must be at least 1".into());
     }
+    if settings.delivery.lease_secs * 1000 <= settings.delivery.request_timeout_ms {
+        // Otherwise a worker would take over a message whose request is still in flight.
+        return Err("delivery.lease_secs must be longer than delivery.request_timeout_ms".into());
+    }
     match settings.sms.provider {
         SmsProvider::None => {}
         SmsProvider::Twilio | SmsProvider::GenericJson => {

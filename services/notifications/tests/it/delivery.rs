@@ -279,3 +279,126 @@ async fn webhook_calls_are_signed_per_standard_webhooks() {
     );
     assert_eq!(call.json()["data"]["idempotency_key"], "enr-8:1");
 }
+
+#[tokio::test]
+async fn the_weekly_cap_defers_the_fourth_automated_message_but_not_a_transactional_one() {
+    let h = Harness::start().await;
+    h.patient("p1", "+447700900123", "", &daytime_zone()).await;
+    for step in 0..3 {
+        let key = format!("enr-12:{step}");
+        h.request(sms_request(&key, "p1")).await;
+        h.status_of(&key, &["sent"]).await;
+    }
+    h.request(sms_request("enr-12:3", "p1")).await;
+    let m = h.status_of("enr-12:3", &["deferred"]).await;
+    assert_eq!(m.deferral_reason, 2, "FREQUENCY_CAP");
+    let mut reminder = sms_request("appt-1", "p1");
+    reminder.template_key = "appointment_reminder".into();
+    reminder.category = "appointment_reminders".into();
+    reminder
+        .variables
+        .insert("appointment_time".into(), "2026-12-03T14:30:00Z".into());
+    h.request(reminder).await;
+    let sent = h.status_of("appt-1", &["sent"]).await;
+    assert!(
+        sent.rendered_body.contains(" Dec, "),
+        "formatted in the patient zone: {}",
+        sent.rendered_body
+    );
+    assert_eq!(h.sms.received().len(), 4);
+}
+
+#[tokio::test]
+async fn inbound_sms_callbacks_need_a_valid_signature_and_replies_are_published() {
+    let h = Harness::start().await;
+    h.patient("p1", "+447700900123", "", &daytime_zone()).await;
+    h.request(sms_request("enr-13:0", "p1")).await;
+    h.status_of("enr-13:0", &["sent"]).await;
+    let url = format!("{}/sms/generic/{TENANT}/inbound", h.http_url());
+    let body = r#"{"from":"+447700900123","text":"Can I come on Friday?","id":"in-77"}"#;
+
+    let unsigned = post_json(&url, body, &[]).await;
+    assert_eq!(unsigned, 403);
+
+    let key = followup_notifications::domain::signing::secret_key(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    .expect("key");
+    let ts = chrono::Utc::now().timestamp();
+    let signature = followup_notifications::domain::signing::standard_signature(
+        &key,
+        "evt-1",
+        ts,
+        body.as_bytes(),
+    );
+    let signed = post_json(
+        &url,
+        body,
+        &[
+            ("webhook-id", "evt-1"),
+            ("webhook-timestamp", &ts.to_string()),
+            ("webhook-signature", &signature),
+        ],
+    )
+    .await;
+    assert_eq!(signed, 200);
+
+    let pool = h.pool.clone();
+    let subject: String = eventually("patient_replied is in the outbox", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<sqlx::Postgres, String>(
+                "SELECT subject FROM outbox WHERE subject LIKE '%patient_replied'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()?
+        }
+    })
+    .await;
+    assert_eq!(
+        subject,
+        format!("followup.{TENANT}.notifications.patient_replied")
+    );
+    // The reply alert goes to the case owner (unknown here, so it is suppressed with that reason).
+    let pool = h.pool.clone();
+    let reason: i32 = eventually("the reply alert is decided", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<sqlx::Postgres, i32>(
+                "SELECT suppression_reason FROM messages WHERE idempotency_key LIKE 'reply_alert:%' AND status = 'suppressed'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()?
+        }
+    })
+    .await;
+    assert_eq!(
+        reason, 5,
+        "UNKNOWN_RECIPIENT: no staff.upserted for the owner"
+    );
+}
+
+async fn post_json(url: &str, body: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

@@ -2,5 +2,6 @@
 //! PostgreSQL database, and real local HTTP and SMTP servers standing in for the providers.
 
 mod api;
+mod crash;
 mod delivery;
 mod support;

@@ -222,3 +222,71 @@ async fn another_clinic_sees_nothing_and_bad_requests_say_why() {
         .expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_poison_batch_is_dead_lettered_and_its_neighbours_still_count() {
+    let h = Harness::start().await;
+    let plan = new_plan();
+    let js = h.env.nats.jetstream().await;
+    let publish = |event_id: &str, plan_id: &str, visible_ms: i64| {
+        let batch = followup_proto::followup::events::v1::BeaconBatch {
+            event_id: event_id.into(),
+            tenant_id: TENANT.into(),
+            occurred_at: Some(followup_platform::event::now_timestamp()),
+            plan_id: plan_id.into(),
+            plan_version: 1,
+            patient_id: "patient-1".into(),
+            session_id: "s1".into(),
+            events: vec![followup_proto::followup::events::v1::BeaconEvent {
+                client_event_id: event_id.into(),
+                kind: followup_proto::followup::events::v1::BeaconKind::Heartbeat as i32,
+                section: 0,
+                visible_ms,
+                client_time: None,
+            }],
+        };
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(batch.encode_to_vec().into())
+            .message_id(event_id.to_string())
+    };
+    // Published back to back, so the aggregator is likely to fetch them in one batch.
+    let mut acks = Vec::new();
+    for (id, plan_id, ms) in [
+        ("good-1", plan.as_str(), 1000),
+        ("poison", "not-a-plan", 5000),
+        ("good-2", plan.as_str(), 2000),
+    ] {
+        acks.push(
+            js.send_publish(format!("beacons.{TENANT}"), publish(id, plan_id, ms))
+                .await
+                .expect("sent"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let facts = h
+        .facts_until(&plan, |f| ms(&f.total_view_time) >= 3000)
+        .await;
+    assert_eq!(ms(&facts.total_view_time), 3000);
+    assert_eq!(facts.view_count, 1);
+
+    let deadletters = js.get_stream("DEADLETTER").await.expect("stream");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(message) = deadletters
+            .get_last_raw_message_by_subject("deadletter.beacons")
+            .await
+        {
+            let reason = message
+                .headers
+                .get(followup_platform::consumer::DEADLETTER_REASON)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            assert!(reason.contains("not-a-plan"), "{reason}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

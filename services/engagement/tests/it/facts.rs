@@ -247,7 +247,7 @@ async fn a_poison_batch_is_dead_lettered_and_its_neighbours_still_count() {
         };
         async_nats::jetstream::message::PublishMessage::build()
             .payload(batch.encode_to_vec().into())
-            .message_id(event_id.to_string())
+            .message_id(event_id)
     };
     // Published back to back, so the aggregator is likely to fetch them in one batch.
     let mut acks = Vec::new();

@@ -1,13 +1,30 @@
-//! The scheduler service. Automation rules and timed follow-up sequences that stop when the patient books, rejects, replies or opts out.
+//! The scheduler service. Automation rules and timed follow-up sequences that stop when the patient
+//! books, rejects, replies or opts out.
+//!
+//! - `domain/`: rules, conditions, facts, DST-correct schedules, the clock (plain Rust);
+//! - `storage/`: case facts from events, rules, enrollments, due steps and trigger timers (PostgreSQL);
+//! - `consumers/`: the events it consumes; `timer/`: the workers that fire what falls due;
+//! - `grpc/`: `followup.scheduler.v1.SchedulerService` (WaitlistService answers UNIMPLEMENTED for now).
 
 pub mod config;
+pub mod consumers;
+pub mod convert;
 pub mod domain;
+pub mod error;
 pub mod grpc;
+pub mod seed;
+pub mod storage;
+pub mod templates;
+pub mod timer;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use followup_platform::service::{Platform, Running, ServiceInfo, StartError};
 use sqlx::migrate::Migrator;
 
 pub use config::{Config, Settings};
+use domain::clock::{Clock, SystemClock};
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "scheduler",
@@ -20,10 +37,54 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 pub struct Service;
 
 impl Service {
-    /// Connects, migrates, declares streams and consumers, and serves on the configured addresses.
+    /// Connects, migrates, declares streams and consumers, starts the timer and serves on the configured
+    /// addresses.
     pub async fn build(config: Config) -> Result<Running, StartError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// The same with a given clock: tests move a [`domain::clock::ManualClock`] instead of sleeping.
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Running, StartError> {
+        let own = config.own;
+        if own.timer.batch_size < 1 {
+            return Err(StartError::Other(
+                "timer.batch_size (FOLLOWUP_SCHEDULER__TIMER__BATCH_SIZE) must be at least 1"
+                    .into(),
+            ));
+        }
         let platform = Platform::start(INFO, config.common, &MIGRATOR).await?;
+        let store = storage::Store::new(clock);
+        for spec in consumers::specs() {
+            platform
+                .consume(
+                    spec,
+                    consumers::Events {
+                        store: store.clone(),
+                    },
+                )
+                .await?;
+        }
+        let metrics = timer::TimerMetrics::register(&platform.metrics);
+        for _ in 0..own.timer.workers {
+            let worker = timer::TimerWorker {
+                pool: platform.pool.clone(),
+                store: store.clone(),
+                batch_size: own.timer.batch_size,
+                poll_interval: Duration::from_millis(own.timer.poll_interval_ms.max(1)),
+                metrics: metrics.clone(),
+            };
+            platform
+                .shutdown
+                .spawn(worker.run(platform.shutdown.clone()));
+        }
         let auth = platform.authenticator();
-        platform.serve(grpc::services(auth), vec![]).await
+        let api = grpc::SchedulerServiceApi {
+            pool: platform.pool.clone(),
+            store,
+        };
+        platform.serve(grpc::services(auth, api), vec![]).await
     }
 }

@@ -32,6 +32,25 @@ impl Subject {
         }
     }
 
+    /// Reads a key written by [`Subject::key`].
+    pub fn from_key(key: &str) -> Option<Self> {
+        let (kind, id) = key.split_once(':')?;
+        let id = id.to_string();
+        match kind {
+            "plan" => Some(Subject::Case {
+                kind: CaseKind::CasePresentation,
+                id,
+            }),
+            "care_case" => Some(Subject::Case {
+                kind: CaseKind::CareCase,
+                id,
+            }),
+            "patient" => Some(Subject::Patient(id)),
+            "enquiry" => Some(Subject::Enquiry(id)),
+            _ => None,
+        }
+    }
+
     pub fn case(&self) -> Option<(CaseKind, &str)> {
         match self {
             Subject::Case { kind, id } => Some((*kind, id.as_str())),
@@ -178,6 +197,10 @@ mod tests {
         assert_eq!(care.key(), "care_case:cc-1");
         assert_eq!(Subject::Patient("p".into()).key(), "patient:p");
         assert_eq!(Subject::Enquiry("e".into()).key(), "enquiry:e");
+        for subject in [plan, care, Subject::Patient("p:1".into())] {
+            assert_eq!(Subject::from_key(&subject.key()), Some(subject));
+        }
+        assert_eq!(Subject::from_key("nothing"), None);
     }
 
     #[test]

@@ -251,6 +251,12 @@ impl RuleDef {
                 "is required for LAPSED_PATIENT: 1 to 60 months",
             ));
         }
+        if trigger.kind == T::CareCaseSessionsReached && self.mode == EnrollmentMode::EveryTrigger {
+            return Err(FieldError::new(
+                "mode",
+                "CARE_CASE_SESSIONS_REACHED fires once per case: use ONCE_PER_CASE",
+            ));
+        }
         if trigger.kind == T::CareCaseSessionsReached && trigger.session_threshold < 1 {
             return Err(FieldError::new(
                 "trigger.session_threshold",

@@ -1,0 +1,6 @@
+//! The scheduler against real NATS and PostgreSQL, with a clock the tests move.
+
+mod stops;
+mod support;
+mod timer;
+mod triggers;

@@ -38,6 +38,15 @@ async fn the_patient_sees_the_plan_and_approves_it() {
     );
     let token = token_of(&sent.portal_url);
     let auth = bearer(&token);
+    // The link names the version sent (engagement tags beacons with it).
+    let payload = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        token.split('.').nth(1).unwrap(),
+    )
+    .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(claims["plan_version"], 1);
+    assert_eq!(claims["plan_id"], plan_id.as_str());
 
     let (status, headers, body) = http(
         "GET",

@@ -8,7 +8,7 @@ pub mod plans;
 use std::sync::{Arc, OnceLock};
 
 use followup_platform::auth::Signer;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::domain::money::Currency;
@@ -74,15 +74,4 @@ pub fn parse_id(field: &str, value: &str) -> Result<uuid::Uuid> {
     }
     uuid::Uuid::parse_str(value.trim())
         .map_err(|_| PlansError::invalid(field, format!("`{value}` is not a UUID")))
-}
-
-/// Runs `f` in a transaction and commits.
-pub async fn in_tx<T, F>(pool: &PgPool, f: F) -> Result<T>
-where
-    F: for<'c> FnOnce(&'c mut PgConnection) -> futures::future::BoxFuture<'c, Result<T>>,
-{
-    let mut tx = pool.begin().await?;
-    let out = f(&mut tx).await?;
-    tx.commit().await?;
-    Ok(out)
 }

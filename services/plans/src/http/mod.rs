@@ -551,7 +551,8 @@ async fn page(
             // Verified tokens are base64url and dots, the URL is configuration: neither needs escaping,
             // and escaping `/` would break the script's src.
             token => minijinja::Value::from_safe_string(token.clone()),
-            base => minijinja::Value::from_safe_string(format!("/p/{token}")),
+            // Relative to /p/, so the page works behind a proxy that serves the portal under a prefix.
+            base => minijinja::Value::from_safe_string(token.clone()),
             beacon_url => minijinja::Value::from_safe_string(attribute_safe(&portal.app.settings.beacon_script_url)),
             notice => notice,
             notice_kind => "ok",
@@ -603,7 +604,8 @@ async fn page_approve(
     let evidence = portal.evidence(&claims, &headers, peer);
     match portal.app.approve_by_patient(&claims, evidence).await {
         // 303: the browser shows the page again with GET, so a reload never re-posts.
-        Ok(_) => Redirect::to(&format!("/p/{token}?approved=1")).into_response(),
+        // Relative (from /p/<token>/approve) for the same reason as the page's links.
+        Ok(_) => Redirect::to(&format!("../{token}?approved=1")).into_response(),
         Err(err) => PortalError::from(err).html(&portal),
     }
 }

@@ -151,7 +151,7 @@ async fn the_patient_sees_the_plan_and_approves_it() {
     )
     .await;
     assert_eq!(status, 303);
-    assert_eq!(headers["location"], format!("/p/{token}?approved=1"));
+    assert_eq!(headers["location"], format!("../{token}?approved=1"));
     let (_, _, page) = http("GET", &svc.url(&format!("/p/{token}?approved=1")), &[], "").await;
     assert!(page.contains("You approved this plan"));
     assert!(!page.contains(">Approve</button>"));

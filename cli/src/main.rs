@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod dev;
 mod engagement;
 mod keys;
+mod notifications;
 mod plans;
 mod services;
 
@@ -31,6 +32,8 @@ enum Command {
     Engagement(engagement::EngagementArgs),
     /// The plans service: catalogue, fee schedules, and plans from draft to completion.
     Plans(Box<plans::PlansArgs>),
+    /// The notifications service: contacts, requests, replies, tasks, and what patients received.
+    Notifications(Box<notifications::NotificationsArgs>),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
             Command::Token(args) => keys::print_token(args),
             Command::Engagement(args) => engagement::run(args).await,
             Command::Plans(args) => plans::run(*args).await,
+            Command::Notifications(args) => notifications::run(*args).await,
         }
     });
     match outcome {

@@ -106,6 +106,14 @@ pub async fn start(
         }
         "notifications" => {
             let info = followup_notifications::INFO;
+            // SMS, email and webhook calls go to a local capture (`followup notifications captured`).
+            let (sources, capture) =
+                followup_notifications::capture::for_dev(sources, env.ephemeral_ports).await?;
+            println!(
+                "capture     SMTP {}  HTTP http://{} (SMS, email and webhooks of the dev stack)",
+                capture.smtp_addr, capture.http_addr
+            );
+            capture.detach();
             followup_notifications::Service::build(config(
                 &info,
                 followup_notifications::Settings::default(),

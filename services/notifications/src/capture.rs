@@ -17,6 +17,39 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+/// The capture's default ports in `followup dev` (SMTP, HTTP).
+pub const DEV_SMTP_PORT: u16 = 2525;
+pub const DEV_HTTP_PORT: u16 = 8025;
+
+/// Starts the dev stack's capture (default ports, or free ones) and points the service's SMS adapter,
+/// SMTP transport and webhook rules at it.
+pub async fn for_dev(
+    sources: followup_platform::config::Sources,
+    ephemeral_ports: bool,
+) -> std::io::Result<(followup_platform::config::Sources, Capture)> {
+    let (smtp, http) = if ephemeral_ports {
+        (0, 0)
+    } else {
+        (DEV_SMTP_PORT, DEV_HTTP_PORT)
+    };
+    let capture = Capture::start(
+        SocketAddr::from(([127, 0, 0, 1], smtp)),
+        SocketAddr::from(([127, 0, 0, 1], http)),
+    )
+    .await?;
+    let mut sources = sources
+        .set("sms.provider", "generic_json")
+        .set("sms.base_url", format!("http://{}/sms", capture.http_addr))
+        .set("sms.from", "+15005550006")
+        .set("smtp.url", format!("smtp://{}", capture.smtp_addr))
+        .set("smtp.from", "Followup dev <dev@followup.invalid>")
+        .set("webhooks.allow_http", true);
+    if ephemeral_ports {
+        sources = sources.set("http_addr", "127.0.0.1:0");
+    }
+    Ok((sources, capture))
+}
+
 /// One thing the capture received.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Captured {

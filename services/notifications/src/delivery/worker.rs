@@ -711,8 +711,8 @@ fn variables(
     );
     put("patient_name", Value::from(recipient.full_name.clone()));
     put("staff_name", Value::from(recipient.staff_name.clone()));
-    put("clinic_name", Value::from(clinic.clinic_name.clone()));
-    put("clinic_phone", Value::from(clinic.clinic_phone.clone()));
+    put("clinic_name", Value::from(clinic.display_name()));
+    put("clinic_phone", Value::from(clinic.display_phone()));
     let owner = ctx
         .staff
         .get(&(row.tenant_id.clone(), row.owner_staff_id.clone()))
@@ -885,10 +885,7 @@ async fn create_task(
             "patient_name".into(),
             Value::from(patient.map(|c| c.full_name()).unwrap_or_default()),
         );
-        vars.insert(
-            "clinic_name".into(),
-            Value::from(clinic.clinic_name.clone()),
-        );
+        vars.insert("clinic_name".into(), Value::from(clinic.display_name()));
         vars.insert("task_title".into(), Value::from("Follow up"));
         vars.insert("task_description".into(), Value::from(""));
         if let Some(map) = row.variables.as_object() {

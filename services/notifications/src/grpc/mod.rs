@@ -955,14 +955,8 @@ impl NotificationsService for NotificationsServiceApi {
         .await
         .map_err(Error::from)?;
         let mut vars: BTreeMap<String, Value> = BTreeMap::new();
-        vars.insert(
-            "clinic_name".into(),
-            Value::from(clinic.clinic_name.clone()),
-        );
-        vars.insert(
-            "clinic_phone".into(),
-            Value::from(clinic.clinic_phone.clone()),
-        );
+        vars.insert("clinic_name".into(), Value::from(clinic.display_name()));
+        vars.insert("clinic_phone".into(), Value::from(clinic.display_phone()));
         vars.insert("owner_name".into(), Value::from(""));
         vars.insert(
             "unsubscribe_url".into(),

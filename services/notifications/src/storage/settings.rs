@@ -57,6 +57,24 @@ impl SettingsRow {
         Duration::from_secs(self.cap_deferral_limit_secs.max(0) as u64)
     }
 
+    /// `{{ clinic_name }}` before the clinic has set one.
+    pub fn display_name(&self) -> String {
+        if self.clinic_name.is_empty() {
+            "your clinic".into()
+        } else {
+            self.clinic_name.clone()
+        }
+    }
+
+    /// `{{ clinic_phone }}` before the clinic has set one: still a sentence ("call the clinic").
+    pub fn display_phone(&self) -> String {
+        if self.clinic_phone.is_empty() {
+            "the clinic".into()
+        } else {
+            self.clinic_phone.clone()
+        }
+    }
+
     pub fn help_text(&self) -> String {
         let mut text = self.help_reply.clone();
         if !self.clinic_name.is_empty() && !text.contains(&self.clinic_name) {

@@ -894,3 +894,147 @@ async fn roles_and_clinics_are_kept_apart() {
     );
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn sending_chooses_sections_and_link_lifetimes() {
+    use followup_proto::followup::common::v1 as common;
+    let svc = Svc::start().await;
+    svc.setup_catalog(CLINIC).await;
+    let (plan_id, _) = svc.journey(CLINIC, "pat-1").await;
+    let mut plans = svc.plans.clone();
+    plans
+        .update_plan(svc.owner(pb::UpdatePlanRequest {
+            plan: Some(pb::Plan {
+                plan_id: plan_id.clone(),
+                images: vec![
+                    common::ImageRef {
+                        image_id: "xray-1".into(),
+                        url: "https://images.example/xray-1.png".into(),
+                        kind: common::ImageKind::Radiograph as i32,
+                        caption: "Lower left, before".into(),
+                    },
+                    common::ImageRef {
+                        image_id: "scan-1".into(),
+                        url: "https://images.example/scan-1.stl".into(),
+                        kind: common::ImageKind::ImageKind3dModel as i32,
+                        caption: "Intraoral scan".into(),
+                    },
+                ],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["images".into()],
+            }),
+        }))
+        .await
+        .unwrap();
+    let bad_image = plans
+        .update_plan(svc.owner(pb::UpdatePlanRequest {
+            plan: Some(pb::Plan {
+                plan_id: plan_id.clone(),
+                images: vec![common::ImageRef {
+                    url: "javascript:alert(1)".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["images".into()],
+            }),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&bad_image), vec!["plan.images[0].url"]);
+
+    for (sections, ttl_days, field) in [
+        (
+            vec![
+                common::PortalSection::Cover as i32,
+                common::PortalSection::Cover as i32,
+            ],
+            None,
+            "sections",
+        ),
+        (vec![0], None, "sections"),
+        (vec![], Some(366), "link_ttl"),
+    ] {
+        let refused = plans
+            .send_plan(svc.owner(pb::SendPlanRequest {
+                plan_id: plan_id.clone(),
+                sections,
+                link_ttl: ttl_days.map(|d: i64| prost_types::Duration {
+                    seconds: d * 86_400,
+                    nanos: 0,
+                }),
+                delivery_channel: 0,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(field_violations(&refused), vec![field]);
+    }
+
+    // By default: cover, treatment details, and the image sections the plan has.
+    let first = svc.send(CLINIC, &plan_id).await;
+    let (_, _, page) = http(
+        "GET",
+        &first.portal_url.replace("localhost", "127.0.0.1"),
+        &[],
+        "",
+    )
+    .await;
+    for section in ["cover", "treatment_details", "images", "3d_models"] {
+        assert!(
+            page.contains(&format!(r#"data-followup-section="{section}""#)),
+            "{section}"
+        );
+    }
+    assert!(page.contains("Lower left, before") && page.contains("images.example"));
+
+    // A re-send with chosen sections and a one-day link: a fresh link; the first still works.
+    let second = plans
+        .send_plan(svc.req(
+            pb::SendPlanRequest {
+                plan_id: plan_id.clone(),
+                sections: vec![
+                    common::PortalSection::TreatmentDetails as i32,
+                    common::PortalSection::Cover as i32,
+                ],
+                link_ttl: Some(prost_types::Duration {
+                    seconds: 86_400,
+                    nanos: 0,
+                }),
+                delivery_channel: common::Channel::Sms as i32,
+            },
+            CLINIC,
+            Role::FrontDesk,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(second.portal_url, first.portal_url);
+    assert_eq!(second.plan.as_ref().unwrap().send_count, 2);
+    let expires = second.portal_link_expire_time.unwrap().seconds - chrono::Utc::now().timestamp();
+    assert!((86_000..=86_400).contains(&expires), "{expires}");
+    let (_, _, page) = http(
+        "GET",
+        &second.portal_url.replace("localhost", "127.0.0.1"),
+        &[],
+        "",
+    )
+    .await;
+    let details = page
+        .find(r#"data-followup-section="treatment_details""#)
+        .unwrap();
+    let cover = page.find(r#"data-followup-section="cover""#).unwrap();
+    assert!(details < cover, "sections in the order sent");
+    assert!(!page.contains(r#"data-followup-section="images""#));
+    let (status, _, _) = http(
+        "GET",
+        &first.portal_url.replace("localhost", "127.0.0.1"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    svc.stop().await;
+}

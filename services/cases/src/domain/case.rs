@@ -803,7 +803,7 @@ pub fn apply(
                     .copied()
                     .filter(|s| s.millis > 0)
                     .collect();
-                sections.sort_by(|a, b| b.millis.cmp(&a.millis));
+                sections.sort_by_key(|s| std::cmp::Reverse(s.millis));
                 let names: Vec<&str> = sections.iter().map(|s| s.section.words()).collect();
                 let summary = if names.is_empty() {
                     format!("Viewed for {}", human_duration(session.view_millis))

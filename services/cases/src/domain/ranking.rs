@@ -164,7 +164,7 @@ mod tests {
         let mut responded = case(6, CaseStatus::SentViewed, 1_000_000, 3);
         responded.last_reply_at = Some(now() - Duration::days(1));
 
-        let mut queue = vec![
+        let mut queue = [
             not_viewed_huge.clone(),
             responded.clone(),
             waiting_small.clone(),

@@ -151,10 +151,13 @@ fn figures(currency: &str, cases: &[&ReportCase], slots: &[&SlotRefill]) -> Figu
     f
 }
 
+/// The cases and refilled slots of one currency or owner.
+type Members<'a> = (Vec<&'a ReportCase>, Vec<&'a SlotRefill>);
+
 /// The report over cases first sent in the period (already filtered, with the owner filter applied),
 /// one line per currency, currencies in alphabetical order; owners in id order, unassigned last.
 pub fn leakage_report(cases: &[ReportCase], slots: &[SlotRefill]) -> Vec<ReportLine> {
-    let mut currencies: BTreeMap<&str, (Vec<&ReportCase>, Vec<&SlotRefill>)> = BTreeMap::new();
+    let mut currencies: BTreeMap<&str, Members<'_>> = BTreeMap::new();
     for case in cases {
         currencies
             .entry(case.value.currency.as_str())
@@ -185,8 +188,7 @@ pub fn leakage_report(cases: &[ReportCase], slots: &[SlotRefill]) -> Vec<ReportL
                 entry.value += case.value.amount_minor;
             }
             // `None` sorts first in a BTreeMap; unassigned goes last for people, so key it apart.
-            let mut owners: BTreeMap<(bool, String), (Vec<&ReportCase>, Vec<&SlotRefill>)> =
-                BTreeMap::new();
+            let mut owners: BTreeMap<(bool, String), Members<'_>> = BTreeMap::new();
             let owner_key = |o: &Option<String>| (o.is_none(), o.clone().unwrap_or_default());
             for case in &cases {
                 owners

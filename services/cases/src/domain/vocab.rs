@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(Money::new(123_450, "EUR").display(), "1,234.50 EUR");
         assert_eq!(Money::new(5, "USD").display(), "0.05 USD");
         assert_eq!(
-            Money::new(-1_000_000_00, "GBP").display(),
+            Money::new(-100_000_000, "GBP").display(),
             "-1,000,000.00 GBP"
         );
         assert_eq!(Money::new(1500, "JPY").display(), "1,500 JPY");

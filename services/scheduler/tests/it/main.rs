@@ -1,5 +1,7 @@
 //! The scheduler against real NATS and PostgreSQL, with a clock the tests move.
 
+mod api;
+mod crash;
 mod stops;
 mod support;
 mod timer;

@@ -219,12 +219,21 @@ impl Drop for Scheduler {
 }
 
 /// Polls `check` until it holds, at most 20 seconds (the suite runs on 2 shared cores).
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    eventually_within(20, what, check).await
+}
+
+/// Polls `check` until it holds, at most `seconds`.
+pub async fn eventually_within<F, Fut>(seconds: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
     while tokio::time::Instant::now() < deadline {
         if check().await {
             return;

@@ -9,6 +9,7 @@ mod engagement;
 mod keys;
 mod notifications;
 mod plans;
+mod scheduler;
 mod services;
 
 #[derive(Parser)]
@@ -34,6 +35,8 @@ enum Command {
     Plans(Box<plans::PlansArgs>),
     /// The notifications service: contacts, requests, replies, tasks, and what patients received.
     Notifications(Box<notifications::NotificationsArgs>),
+    /// The scheduler: automation rules (list, show, play, pause, templates), enrollments and timelines.
+    Rules(Box<scheduler::RulesArgs>),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Engagement(args) => engagement::run(args).await,
             Command::Plans(args) => plans::run(*args).await,
             Command::Notifications(args) => notifications::run(*args).await,
+            Command::Rules(args) => scheduler::run(*args).await,
         }
     });
     match outcome {

@@ -62,6 +62,8 @@ pub enum Outcome {
 
 struct Slot {
     state: CaseState,
+    /// The patient id the case had when loaded (None: new).
+    loaded_patient: Option<String>,
     representative: bool,
     dirty: bool,
     created: bool,
@@ -149,6 +151,7 @@ impl Engine {
                 (
                     key,
                     Slot {
+                        loaded_patient: Some(state.patient_id.clone()),
                         state,
                         representative,
                         dirty: false,
@@ -226,6 +229,15 @@ impl Engine {
             .await?;
         }
 
+        let mut patient_keys: Vec<String> = slots
+            .values()
+            .filter(|s| s.dirty && !s.state.patient_id.is_empty())
+            .filter(|s| s.loaded_patient.as_deref() != Some(s.state.patient_id.as_str()))
+            .map(|s| storage::patient_lock_key(&s.state.tenant_id, &s.state.patient_id))
+            .collect();
+        patient_keys.sort();
+        patient_keys.dedup();
+        storage::lock_patients(conn, &patient_keys).await?;
         let writes: Vec<CaseWrite<'_>> = slots
             .values()
             .filter(|s| s.dirty)
@@ -281,6 +293,7 @@ impl Engine {
     ) -> Result<(), Error> {
         let state_changed = slots.get(&key).is_none_or(|s| s.state != applied.state);
         let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
+            loaded_patient: None,
             state: applied.state.clone(),
             representative: true,
             dirty: true,
@@ -326,6 +339,7 @@ impl Engine {
         for (state, representative) in storage::lock_group(conn, tenant, group).await? {
             let key = (tenant.to_string(), state.case_id);
             slots.entry(key).or_insert(Slot {
+                loaded_patient: Some(state.patient_id.clone()),
                 state,
                 representative,
                 dirty: false,

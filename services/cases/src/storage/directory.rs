@@ -16,6 +16,7 @@ pub async fn upsert_patient(
     at: DateTime<Utc>,
 ) -> Result<(), Error> {
     let search = fold(display_name);
+    super::lock_patients(conn, &[super::patient_lock_key(tenant_id, patient_id)]).await?;
     let applied = sqlx::query(
         "INSERT INTO patients AS p (tenant_id, patient_id, display_name, search, archived, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6)

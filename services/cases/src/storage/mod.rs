@@ -122,12 +122,17 @@ pub async fn delete_placeholders(conn: &mut PgConnection, keys: &[CaseKey]) -> R
     Ok(())
 }
 
-/// The members of an alternative group, locked.
+/// The members of an alternative group, locked. Settling a group is serialised per group (an advisory
+/// lock), so two transactions creating options of one group at once cannot both think theirs is alone.
 pub async fn lock_group(
     conn: &mut PgConnection,
     tenant_id: &str,
     group_id: &str,
 ) -> Result<Vec<(CaseState, bool)>, Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 6))")
+        .bind(format!("{tenant_id}/{group_id}"))
+        .execute(&mut *conn)
+        .await?;
     let rows = sqlx::query_as::<sqlx::Postgres, StateRow>(
         "SELECT case_id, state, is_representative FROM cases
          WHERE tenant_id = $1 AND alternative_group_id = $2
@@ -165,6 +170,29 @@ pub async fn patient_case_keys(
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?)
+}
+
+/// Serialises writers that join a case to its patient's name: a case created while the patient's record
+/// arrives in another transaction would otherwise miss the name (neither sees the other's uncommitted
+/// row). Locks are taken in hash order, so two writers never wait on each other in a cycle.
+pub async fn lock_patients(conn: &mut PgConnection, keys: &[String]) -> Result<(), Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(h)) FROM (
+             SELECT DISTINCT hashtextextended(k, 7) AS h FROM unnest($1::text[]) AS k
+             ORDER BY 1 OFFSET 0
+         ) AS sorted",
+    )
+    .bind(keys)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub fn patient_lock_key(tenant_id: &str, patient_id: &str) -> String {
+    format!("{tenant_id}/{patient_id}")
 }
 
 /// A case to write: its state, a new presentation when a send brought one, and whether it counts in

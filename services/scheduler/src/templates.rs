@@ -1,5 +1,8 @@
 //! The rule templates a clinic enables with one call. Each is an ordinary rule (the same validation, the
-//! same storage); the template keys its messages name are the notifications service's shipped ones.
+//! same storage); the template keys and unsubscribe categories its messages name are the ones the
+//! notifications service ships by default (plan_follow_up_1..4, plan_viewed_no_response, new_enquiry,
+//! no_show, cancellation, consultation_no_next_visit, lapsed_patient, care_case_expiring;
+//! treatment_follow_up and recall).
 
 use followup_proto::followup::common::v1::{CareCaseStatus, CaseKind, CaseStatus, Channel};
 use followup_proto::followup::scheduler::v1 as pb;
@@ -185,7 +188,7 @@ fn specs() -> Vec<Spec> {
                 OncePerCase,
                 vec![
                     guarded(
-                        send(Channel::Sms, "plan_viewed_nudge"),
+                        send(Channel::Sms, "plan_viewed_no_response"),
                         status_is(&[CaseStatus::SentViewed, CaseStatus::WaitingForResponse]),
                     ),
                     wait_days_at(3, "10:00", true),
@@ -208,12 +211,12 @@ fn specs() -> Vec<Spec> {
                 transactional: true,
                 ..rule(
                     "Hot enquiry",
-                    "enquiries",
+                    "treatment_follow_up",
                     CaseKind::CasePresentation,
                     trigger(T::NewEnquiry),
                     EveryTrigger,
                     vec![
-                        send(Channel::Sms, "enquiry_reply"),
+                        send(Channel::Sms, "new_enquiry"),
                         wait_for(HOUR),
                         task(
                             "Call back a new enquiry",
@@ -232,12 +235,12 @@ fn specs() -> Vec<Spec> {
                 transactional: true,
                 ..rule(
                     "No-show recovery",
-                    "appointment_recovery",
+                    "treatment_follow_up",
                     CaseKind::CasePresentation,
                     trigger(T::NoShow),
                     EveryTrigger,
                     vec![
-                        send(Channel::Sms, "no_show_rebook"),
+                        send(Channel::Sms, "no_show"),
                         wait_days_at(1, "09:00", true),
                         task(
                             "Call to rebook a missed appointment",
@@ -256,7 +259,7 @@ fn specs() -> Vec<Spec> {
                 transactional: true,
                 ..rule(
                     "Cancellation rebook",
-                    "appointment_recovery",
+                    "treatment_follow_up",
                     CaseKind::CasePresentation,
                     pb::Trigger {
                         cancellation_grace: duration(3 * MINUTE),
@@ -264,7 +267,7 @@ fn specs() -> Vec<Spec> {
                     },
                     EveryTrigger,
                     vec![
-                        send(Channel::Sms, "cancellation_rebook"),
+                        send(Channel::Sms, "cancellation"),
                         wait_days_at(2, "10:00", true),
                         task(
                             "Call to rebook a cancelled appointment",
@@ -289,7 +292,7 @@ fn specs() -> Vec<Spec> {
                 },
                 EveryTrigger,
                 vec![
-                    send(Channel::Email, "post_consultation_next_step"),
+                    send(Channel::Email, "consultation_no_next_visit"),
                     wait_days_at(5, "10:00", true),
                     task(
                         "Call about the next step after a consultation",
@@ -314,9 +317,9 @@ fn specs() -> Vec<Spec> {
                 EveryTrigger,
                 vec![
                     wait_days_at(0, "10:00", true),
-                    send(Channel::Sms, "recall_1"),
+                    send(Channel::Sms, "lapsed_patient"),
                     wait_days_at(14, "10:00", true),
-                    send(Channel::Email, "recall_2"),
+                    send(Channel::Email, "lapsed_patient"),
                 ],
             ),
         },
@@ -329,7 +332,7 @@ fn specs() -> Vec<Spec> {
                 condition: Some(care_case_open()),
                 ..rule(
                     "Referral expiring",
-                    "referral_renewal",
+                    "treatment_follow_up",
                     CaseKind::CareCase,
                     pb::Trigger {
                         window: duration(14 * DAY),
@@ -342,7 +345,7 @@ fn specs() -> Vec<Spec> {
                             "Renew an expiring referral",
                             "The care case expires in 14 days.",
                         ),
-                        send(Channel::Sms, "referral_expiring"),
+                        send(Channel::Sms, "care_case_expiring"),
                     ],
                 )
             },

@@ -88,8 +88,16 @@ pub fn wait_until(
     tz: Tz,
     calendar: &ClinicCalendar,
 ) -> DateTime<Utc> {
-    let raw = match &wait.until {
-        WaitUntil::For(length) => from + *length,
+    match &wait.until {
+        WaitUntil::For(length) => {
+            let raw = from + *length;
+            let local = raw.with_timezone(&tz);
+            match skip_days(local.date_naive(), wait, calendar) {
+                // Not moved: the exact instant (no round trip through a local time that may be ambiguous).
+                None => raw,
+                Some(date) => resolve_local(tz, date, local.time()),
+            }
+        }
         WaitUntil::DaysAt { days, time } => {
             let start_date = from.with_timezone(&tz).date_naive();
             let mut date = start_date + Duration::days(i64::from(*days));
@@ -99,33 +107,33 @@ pub fn wait_until(
                 date += Duration::days(1);
                 at = resolve_local(tz, date, *time);
             }
-            at
+            // Skipping keeps the asked local time, not the one a DST gap moved it to.
+            match skip_days(date, wait, calendar) {
+                None => at,
+                Some(date) => resolve_local(tz, date, *time),
+            }
         }
-    };
-    skip_days(raw, wait, tz, calendar)
+    }
 }
 
-/// Moves `at` off weekends and closed days, keeping its local time of day.
-fn skip_days(at: DateTime<Utc>, wait: &Wait, tz: Tz, calendar: &ClinicCalendar) -> DateTime<Utc> {
+/// The first day from `date` on that is neither a skipped weekend nor a closed day; None when `date`
+/// itself is fine (or when no open day comes within a year).
+fn skip_days(date: NaiveDate, wait: &Wait, calendar: &ClinicCalendar) -> Option<NaiveDate> {
     if !wait.skip_weekends && !wait.skip_closed_days {
-        return at;
+        return None;
     }
-    let local = at.with_timezone(&tz);
-    let time = local.time();
-    let mut date = local.date_naive();
     let skip = |date: NaiveDate| {
         (wait.skip_weekends && matches!(date.weekday(), Weekday::Sat | Weekday::Sun))
             || (wait.skip_closed_days && calendar.is_closed(date))
     };
-    let mut moved = 0;
-    while skip(date) && moved < MAX_SKIPPED_DAYS {
-        date += Duration::days(1);
-        moved += 1;
+    let mut moved = date;
+    for _ in 0..MAX_SKIPPED_DAYS {
+        if !skip(moved) {
+            return (moved != date).then_some(moved);
+        }
+        moved += Duration::days(1);
     }
-    if moved == 0 || moved == MAX_SKIPPED_DAYS {
-        return at;
-    }
-    resolve_local(tz, date, time)
+    None
 }
 
 /// A step of a sequence, as far as timing goes.
@@ -450,6 +458,18 @@ mod tests {
         };
         let due = wait_until(utc("2026-12-20T13:15:00Z"), &sunday, LONDON, &calendar);
         assert_eq!(local_display(due, LONDON), "2026-12-21T15:15 GMT");
+        // A skipped Sunday in a DST gap keeps the asked time on Monday (found by the property test).
+        let gap_sunday = Wait {
+            until: WaitUntil::DaysAt {
+                days: 27,
+                time: hm("02:00"),
+            },
+            skip_weekends: true,
+            skip_closed_days: false,
+        };
+        let berlin = chrono_tz::Europe::Berlin;
+        let due = wait_until(utc("2029-02-25T23:00:00Z"), &gap_sunday, berlin, &calendar);
+        assert_eq!(local_display(due, berlin), "2029-03-26T02:00 CEST");
     }
 
     #[test]

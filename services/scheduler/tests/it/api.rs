@@ -265,7 +265,7 @@ async fn rules_are_validated_versioned_and_kept_per_clinic() {
         .into_iter()
         .map(|r| r.template_key)
         .collect();
-    assert_eq!(templates, ["enquiry_reply", "enquiry_reply_email"]);
+    assert_eq!(templates, ["new_enquiry", "enquiry_reply_email"]);
     let v1 = client
         .get_rule(s.owner(pb::GetRuleRequest {
             rule_id: created.rule_id.clone(),

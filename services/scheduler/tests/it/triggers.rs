@@ -123,7 +123,7 @@ async fn a_new_enquiry_is_answered_at_once_and_published() {
     })
     .await;
     let reply = s.requested().await.remove(0);
-    assert_eq!(reply.template_key, "enquiry_reply");
+    assert_eq!(reply.template_key, "new_enquiry");
     assert!(reply.transactional);
     match reply.recipient.and_then(|r| r.target) {
         Some(ev::recipient::Target::Contact(contact)) => {
@@ -179,7 +179,7 @@ async fn a_no_show_gets_an_sms_at_once_and_a_task_next_morning() {
     })
     .await;
     let sms = s.requested().await.remove(0);
-    assert_eq!(sms.template_key, "no_show_rebook");
+    assert_eq!(sms.template_key, "no_show");
     assert!(sms.variables.contains_key("appointment_time"));
     let enrollment = s.enrollments_of_rule(&rule.rule_id).await.remove(0);
     let timeline = s.timeline(&enrollment.enrollment_id).await;

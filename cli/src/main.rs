@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cases;
 mod dev;
 mod engagement;
 mod keys;
@@ -35,6 +36,8 @@ enum Command {
     Plans(Box<plans::PlansArgs>),
     /// The notifications service: contacts, requests, replies, tasks, and what patients received.
     Notifications(Box<notifications::NotificationsArgs>),
+    /// The cases service: the follow-up list, a case's timeline, the queue and the leakage report.
+    Cases(Box<cases::CasesArgs>),
     /// The scheduler: automation rules (list, show, play, pause, templates), enrollments and timelines.
     Rules(Box<scheduler::RulesArgs>),
 }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             Command::Plans(args) => plans::run(*args).await,
             Command::Notifications(args) => notifications::run(*args).await,
             Command::Rules(args) => scheduler::run(*args).await,
+            Command::Cases(args) => cases::run(*args).await,
         }
     });
     match outcome {

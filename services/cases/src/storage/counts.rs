@@ -61,7 +61,7 @@ pub async fn cells(
 /// fold the same deltas twice or wait on each other; returns how many deltas were folded.
 pub async fn compact(pool: &PgPool, max_rows: i64) -> Result<u64, Error> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(6_2026_0001)")
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(62026001)")
         .fetch_one(&mut *tx)
         .await?;
     if !locked {

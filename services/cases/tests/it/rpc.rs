@@ -232,6 +232,24 @@ async fn pages_are_stable_while_cases_are_added() {
         seen.extend(ids(&page));
         token = page.next_page_token;
     }
+    // The counters' deltas are folded in the background; the totals stay the same before and after.
+    let pool = h.env.db.pool().await;
+    let mut folded = false;
+    for _ in 0..300 {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM case_count_deltas")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if pending == 0 {
+            folded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(folded, "count deltas are folded into the counts");
+    let after_folding = h.list(pb::ListCasesRequest::default()).await.unwrap();
+    assert_eq!(after_folding.total_count, 27);
+    assert_eq!(after_folding.total_value, vec![eur((1..=23).sum::<i64>() * 10_000 + (1..=4).sum::<i64>() * 10_000).unwrap()]);
     let unique: HashSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no case twice");
     let expected: HashSet<&String> = seeded.iter().collect();

@@ -93,14 +93,14 @@ pub async fn seed(pool: &PgPool, seed: &Seed) -> Result<Uuid> {
             "INSERT INTO step_runs (tenant_id, enrollment_id, step_index, rule_id, due_at, state, is_last)
              SELECT $1, t.id, 2 * k + 1, $2,
                     CASE WHEN t.n <= $3 AND k < $4
-                         THEN $5 + make_interval(secs => ($6 * (t.n - 1) / $3) / 1e6) + make_interval(secs => k * 1e-3)
+                         THEN $5 + make_interval(secs => ($6 * (t.n - 1) / GREATEST($3, 1)) / 1e6) + make_interval(secs => k * 1e-3)
                          ELSE $7 + make_interval(days => k::int) END,
                     'pending', k = 3
              FROM UNNEST($8::uuid[], $9::int8[]) AS t(id, n), generate_series(0, 3) AS k",
         )
         .bind(&seed.tenant)
         .bind(row.rule_id)
-        .bind(seed.due_enrollments.max(1))
+        .bind(seed.due_enrollments)
         .bind(seed.due_steps_each)
         .bind(seed.due_from)
         .bind(span)

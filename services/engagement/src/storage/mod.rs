@@ -191,7 +191,8 @@ pub async fn upsert_plans(
                  THEN EXCLUDED.last_section ELSE p.last_section END,
              last_section_at = GREATEST(p.last_section_at, EXCLUDED.last_section_at),
              updated_at = now(),
-             dirty = true
+             dirty = true,
+             live_sessions = true
          RETURNING tenant_id, plan_id, (xmax = 0) AS created",
     )
     .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
@@ -354,10 +355,9 @@ pub async fn claim_due_plans(
     }
     let rows = sqlx::query_as::<sqlx::Postgres, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT tenant_id, {PLAN_COLUMNS} FROM plan_engagement p
-         WHERE (p.published_at IS NULL OR p.published_at <= now() - make_interval(secs => $1))
-           AND (p.dirty OR (p.tenant_id, p.plan_id) IN (
-                SELECT s.tenant_id, s.plan_id FROM view_sessions s
-                WHERE NOT s.summarized AND s.end_at < now() - make_interval(secs => $2)))
+         WHERE (p.dirty OR p.live_sessions)
+           AND (p.published_at IS NULL OR p.published_at <= now() - make_interval(secs => $1))
+           AND (p.dirty OR p.last_view_at < now() - make_interval(secs => $2))
          ORDER BY p.published_at NULLS FIRST
          LIMIT $3
          FOR UPDATE SKIP LOCKED"
@@ -394,13 +394,16 @@ pub async fn take_ended_sessions(
     .await
 }
 
+/// Records a publication; the plan keeps `live_sessions` while some page view is still unreported.
 pub async fn mark_published(
     conn: &mut PgConnection,
     tenant_id: &str,
     plan_id: Uuid,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE plan_engagement SET dirty = false, published_at = now()
+        "UPDATE plan_engagement p SET dirty = false, published_at = now(),
+             live_sessions = EXISTS (SELECT 1 FROM view_sessions s
+                 WHERE s.tenant_id = p.tenant_id AND s.plan_id = p.plan_id AND NOT s.summarized)
          WHERE tenant_id = $1 AND plan_id = $2",
     )
     .bind(tenant_id)

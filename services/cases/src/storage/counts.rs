@@ -33,23 +33,31 @@ impl OwnerScope {
     }
 }
 
+/// The statement behind [`cells`] (the benchmark times it bare).
+pub const CELLS_SQL: &str = "SELECT status, currency, sum(n)::int8 AS count, sum(v)::int8 AS value FROM (
+         SELECT status, currency, case_count AS n, rep_value AS v FROM case_counts
+         WHERE tenant_id = $1 AND ($2::text[] IS NULL OR owner_key = ANY($2))
+         UNION ALL
+         SELECT status, currency, case_delta AS n, value_delta AS v FROM case_count_deltas
+         WHERE tenant_id = $1 AND ($2::text[] IS NULL OR owner_key = ANY($2))
+     ) AS x
+     GROUP BY status, currency
+     HAVING sum(n) <> 0";
+
+impl OwnerScope {
+    /// The owner keys bound as `$2` of [`CELLS_SQL`] (None: every owner).
+    pub fn bound_keys(&self) -> Option<Vec<String>> {
+        self.keys()
+    }
+}
+
 /// The cells of a clinic from the counters: the compacted counts plus the deltas not folded in yet.
 pub async fn cells(
     conn: &mut PgConnection,
     tenant_id: &str,
     owners: &OwnerScope,
 ) -> Result<Vec<Cell>, Error> {
-    let cells = sqlx::query_as::<sqlx::Postgres, Cell>(
-        "SELECT status, currency, sum(n)::int8 AS count, sum(v)::int8 AS value FROM (
-             SELECT status, currency, case_count AS n, rep_value AS v FROM case_counts
-             WHERE tenant_id = $1 AND ($2::text[] IS NULL OR owner_key = ANY($2))
-             UNION ALL
-             SELECT status, currency, case_delta AS n, value_delta AS v FROM case_count_deltas
-             WHERE tenant_id = $1 AND ($2::text[] IS NULL OR owner_key = ANY($2))
-         ) AS x
-         GROUP BY status, currency
-         HAVING sum(n) <> 0",
-    )
+    let cells = sqlx::query_as::<sqlx::Postgres, Cell>(CELLS_SQL)
     .bind(tenant_id)
     .bind(owners.keys())
     .fetch_all(&mut *conn)
@@ -97,9 +105,12 @@ pub async fn compact(pool: &PgPool, max_rows: i64) -> Result<u64, Error> {
     Ok(folded as u64)
 }
 
-/// Recomputes every clinic's counts from the cases themselves (after a bulk load, or to repair).
-pub async fn rebuild(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::query("LOCK TABLE case_count_deltas IN EXCLUSIVE MODE")
+/// Recomputes every clinic's counts from the cases themselves (after a bulk load, or to repair), in one
+/// transaction that holds writers' deltas off meanwhile.
+pub async fn rebuild(pool: &PgPool) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    let conn: &mut PgConnection = &mut tx;
+    sqlx::query("LOCK TABLE cases, case_count_deltas IN SHARE ROW EXCLUSIVE MODE")
         .execute(&mut *conn)
         .await?;
     sqlx::query("DELETE FROM case_count_deltas")
@@ -116,5 +127,6 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(), Error> {
     )
     .execute(&mut *conn)
     .await?;
+    tx.commit().await?;
     Ok(())
 }

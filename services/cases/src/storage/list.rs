@@ -164,16 +164,15 @@ struct ListRow {
     is_representative: bool,
 }
 
-/// One page: at most `limit` cases after `after`, and whether more follow.
-pub async fn page(
-    conn: &mut PgConnection,
+/// The statement of one page (public so the benchmark can time the bare SQL of exactly this query).
+pub fn page_query(
     tenant_id: &str,
     filter: &ListFilter,
     order: Order,
     reverse: bool,
     after: Option<&Cursor>,
     limit: i64,
-) -> Result<(Vec<CaseRecord>, bool), Error> {
+) -> Result<QueryBuilder<Postgres>, Error> {
     let mut q = QueryBuilder::<Postgres>::new(
         "SELECT c.state, c.patient_name, s.display_name AS owner_name, c.is_representative
          FROM cases c
@@ -182,11 +181,7 @@ pub async fn page(
     push_filters(&mut q, tenant_id, filter, true);
     // Natural direction: Sent/Value/Activity descending, Priority ascending; `reverse` flips it.
     let descending = matches!(order, Order::Sent | Order::Value | Order::Activity) != reverse;
-    let (cmp, dir) = if descending {
-        ("<", "DESC")
-    } else {
-        (">", "ASC")
-    };
+    let (cmp, dir) = if descending { ("<", "DESC") } else { (">", "ASC") };
     if let Some(cursor) = after {
         if cursor.order() != order {
             return Err(Error::invalid(
@@ -247,7 +242,24 @@ pub async fn page(
         .push(order_by.join(", "))
         .push(" LIMIT ")
         .push_bind(limit + 1);
-    let mut rows = q.build_query_as::<ListRow>().fetch_all(&mut *conn).await?;
+    Ok(q)
+}
+
+/// One page: at most `limit` cases after `after`, and whether more follow.
+pub async fn page(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    filter: &ListFilter,
+    order: Order,
+    reverse: bool,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<(Vec<CaseRecord>, bool), Error> {
+    let mut q = page_query(tenant_id, filter, order, reverse, after, limit)?;
+    let mut rows = q
+        .build_query_as::<ListRow>()
+        .fetch_all(&mut *conn)
+        .await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit.max(0) as usize);
     Ok((
@@ -264,6 +276,23 @@ pub async fn page(
     ))
 }
 
+/// The statement behind [`cells`] when the counters cannot answer (public for the benchmark).
+pub fn cells_query(tenant_id: &str, filter: &ListFilter) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "SELECT c.status, c.currency, count(*)::int8 AS count,
+                coalesce(sum(c.value_minor) FILTER (WHERE c.is_representative), 0)::int8 AS value
+         FROM cases c",
+    );
+    push_filters(&mut q, tenant_id, filter, false);
+    q.push(" GROUP BY c.status, c.currency");
+    q
+}
+
+/// Whether the counters answer this filter's totals.
+pub fn counted(filter: &ListFilter) -> bool {
+    filter.counted()
+}
+
 /// The (status, currency) cells of the filtered set, ignoring the status filter: from the counters when
 /// the filter is only statuses and owners, else aggregated over the matching cases.
 pub async fn cells(
@@ -274,13 +303,7 @@ pub async fn cells(
     if filter.counted() {
         return counts::cells(conn, tenant_id, &filter.owners).await;
     }
-    let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT c.status, c.currency, count(*)::int8 AS count,
-                coalesce(sum(c.value_minor) FILTER (WHERE c.is_representative), 0)::int8 AS value
-         FROM cases c",
-    );
-    push_filters(&mut q, tenant_id, filter, false);
-    q.push(" GROUP BY c.status, c.currency");
+    let mut q = cells_query(tenant_id, filter);
     Ok(q.build_query_as::<Cell>().fetch_all(&mut *conn).await?)
 }
 

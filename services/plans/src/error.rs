@@ -25,7 +25,7 @@ pub enum PlansError {
     /// Approve refused: each required field still empty, as "item 3 (D6010): practitioner_id is empty".
     #[error("the plan cannot be approved: {}", .0.join("; "))]
     MissingFields(Vec<String>),
-    /// Two writers raced on the same row (e.g. a name made unique meanwhile).
+    /// Two writers raced on the same row.
     #[error("{0}")]
     Conflict(String),
     #[error("storage: {0}")]
@@ -104,6 +104,14 @@ impl From<PlansError> for tonic::Status {
                 failed_precondition("MISSING_REQUIRED_FIELDS", "plan", err.to_string())
             }
             PlansError::Conflict(message) => tonic::Status::aborted(message),
+            // A unique index caught two requests racing (a schedule name, the one default schedule).
+            PlansError::Storage(sqlx::Error::Database(ref db))
+                if db.code().as_deref() == Some("23505") =>
+            {
+                tonic::Status::aborted(
+                    "a concurrent request changed the same thing; read it again and retry",
+                )
+            }
             PlansError::Storage(ref cause) if followup_platform::db::is_transient(cause) => {
                 tracing::warn!(error = %cause, "transient storage error");
                 tonic::Status::unavailable("the database is briefly unavailable; retry")

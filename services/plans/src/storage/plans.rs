@@ -391,37 +391,57 @@ pub async fn save(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
         .bind(plan.version)
         .execute(&mut *conn)
         .await?;
-    for item in &plan.items {
-        sqlx::query(
-            "INSERT INTO plan_items (tenant_id, plan_id, version, item_id, position, code, code_name,
-                tooth_numbering, tooth_number, tooth_surfaces, practitioner_id, schedule_fee_minor,
-                price_override_minor, price_override_reason, visit, depends_on, note, completed,
-                complete_time, completed_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-        )
-        .bind(&plan.tenant_id)
-        .bind(plan.id)
-        .bind(plan.version)
-        .bind(item.id)
-        .bind(item.position)
-        .bind(&item.code)
-        .bind(&item.code_name)
-        .bind(item.tooth.as_ref().map(|t| t.numbering.as_i16()))
-        .bind(item.tooth.as_ref().map(|t| t.number.clone()))
-        .bind(item.tooth.as_ref().map(|t| t.surfaces.clone()))
-        .bind(&item.practitioner_id)
-        .bind(item.schedule_fee)
-        .bind(item.price_override)
-        .bind(&item.price_override_reason)
-        .bind(item.visit)
-        .bind(&item.depends_on)
-        .bind(&item.note)
-        .bind(item.is_completed())
-        .bind(item.complete_time)
-        .bind(&item.completed_by)
-        .execute(&mut *conn)
-        .await?;
+    if plan.items.is_empty() {
+        return Ok(());
     }
+    // One statement for every item. UNNEST cannot take an array of arrays, so each item's
+    // dependencies travel as one comma-separated text.
+    let items = &plan.items;
+    let column = |f: &dyn Fn(&Item) -> String| items.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "INSERT INTO plan_items (tenant_id, plan_id, version, item_id, position, code, code_name,
+            tooth_numbering, tooth_number, tooth_surfaces, practitioner_id, schedule_fee_minor,
+            price_override_minor, price_override_reason, visit, depends_on, note, completed,
+            complete_time, completed_by)
+         SELECT $1, $2, $3, u.item_id, u.position, u.code, u.code_name, u.tooth_numbering, u.tooth_number,
+                u.tooth_surfaces, u.practitioner_id, u.schedule_fee_minor, u.price_override_minor,
+                u.price_override_reason, u.visit, COALESCE(string_to_array(u.depends_on, ','), '{}')::uuid[],
+                u.note, u.completed, u.complete_time, u.completed_by
+         FROM UNNEST($4::uuid[], $5::int[], $6::text[], $7::text[], $8::smallint[], $9::text[], $10::text[],
+                     $11::text[], $12::bigint[], $13::bigint[], $14::text[], $15::int[], $16::text[],
+                     $17::text[], $18::bool[], $19::timestamptz[], $20::text[])
+           AS u(item_id, position, code, code_name, tooth_numbering, tooth_number, tooth_surfaces,
+                practitioner_id, schedule_fee_minor, price_override_minor, price_override_reason, visit,
+                depends_on, note, completed, complete_time, completed_by)",
+    )
+    .bind(&plan.tenant_id)
+    .bind(plan.id)
+    .bind(plan.version)
+    .bind(items.iter().map(|i| i.id).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.position).collect::<Vec<_>>())
+    .bind(column(&|i| i.code.clone()))
+    .bind(column(&|i| i.code_name.clone()))
+    .bind(items.iter().map(|i| i.tooth.as_ref().map(|t| t.numbering.as_i16())).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.tooth.as_ref().map(|t| t.number.clone())).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.tooth.as_ref().map(|t| t.surfaces.clone())).collect::<Vec<_>>())
+    .bind(column(&|i| i.practitioner_id.clone()))
+    .bind(items.iter().map(|i| i.schedule_fee).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.price_override).collect::<Vec<_>>())
+    .bind(column(&|i| i.price_override_reason.clone()))
+    .bind(items.iter().map(|i| i.visit).collect::<Vec<_>>())
+    .bind(column(&|i| {
+        i.depends_on
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }))
+    .bind(column(&|i| i.note.clone()))
+    .bind(items.iter().map(Item::is_completed).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.complete_time).collect::<Vec<_>>())
+    .bind(column(&|i| i.completed_by.clone()))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

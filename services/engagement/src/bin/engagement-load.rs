@@ -13,6 +13,7 @@
 //! aggregation lag at a fixed rate (probe beacons for fresh plans, polled over gRPC until viewed).
 
 use std::net::SocketAddr;
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -68,6 +69,13 @@ struct Args {
     /// Publishes in flight in the raw phase.
     #[arg(long, default_value_t = 1000)]
     raw_in_flight: usize,
+    /// Only measure the aggregator: publish this many one-event batches straight to BEACONS, then time
+    /// how long the aggregator takes to fold them.
+    #[arg(long)]
+    aggregate_only: Option<u64>,
+    /// Extra TOML lines for the service's configuration (e.g. `[consumer]` settings).
+    #[arg(long)]
+    service_config: Option<String>,
 }
 
 /// A link's request prefix: `{"token":"…","session_id":"…","events":[`.
@@ -549,9 +557,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             "database_url = \"{database_url}\"\nnats_url = \"{nats_url}\"\ngrpc_addr = \"{grpc}\"\n\
              admin_addr = \"{admin}\"\nhttp_addr = \"{http}\"\n\
              portal_public_keys = ['''{}''']\n\n[auth]\njwt_public_keys = ['''{}''']\n\n\
-             [log]\nformat = \"json\"\nfilter = \"warn\"\n",
+             [log]\nformat = \"json\"\nfilter = \"warn\"\n\n{}\n",
             portal.public_pem.trim(),
-            staff.public_pem.trim()
+            staff.public_pem.trim(),
+            args.service_config.as_deref().unwrap_or("")
         ),
     )?;
     let service_bin = match &args.service_bin {
@@ -596,6 +605,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         links: links(&portal_signer, args.links)?,
         seq: AtomicU64::new(0),
     });
+
+    if let Some(count) = args.aggregate_only {
+        let js = followup_platform::jetstream::context(nats_client.clone());
+        aggregate_only(&js, &generator, count, service_pid, nats_pid).await?;
+        let _ = service.start_kill();
+        let _ = nats.start_kill();
+        drop_database(&args.admin_database_url, &db_name).await;
+        return Ok(());
+    }
 
     // Warm-up: each link's first beacon (signature verified, then cached, as for a real page).
     let warm = generator.links.len() as u64;
@@ -714,6 +732,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     phase("aggregation lag at a fixed rate");
     let probes = links(&portal_signer, (args.duration_secs as usize) * 20 + 100)?;
     let before = cpu_now(service_pid, nats_pid);
+    let lag_started = Instant::now();
     let load = tokio::spawn(run(
         http,
         generator.clone(),
@@ -724,7 +743,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     ));
     let lag = lag_probes(http, grpc, staff_token, probes, duration).await?;
     let load = load.await??;
-    let cpu = cpu_report(&before, &cpu_now(service_pid, nats_pid), load.elapsed);
+    let cpu = cpu_report(&before, &cpu_now(service_pid, nats_pid), lag_started.elapsed());
     let line = format!(
         "aggregation lag at {:.0} beacons/s: p50 {:.0} ms, p99 {:.0} ms ({} probes; ingest p99 {:.1} ms)",
         load.per_sec(load.accepted),
@@ -744,6 +763,63 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let _ = nats.start_kill();
     let _ = nats.wait().await;
     drop_database(&args.admin_database_url, &db_name).await;
+    Ok(())
+}
+
+/// The aggregator alone: `count` one-event batches of the links' plans published straight to BEACONS,
+/// then the time the aggregator takes to fold them all.
+async fn aggregate_only(
+    js: &async_nats::jetstream::Context,
+    generator: &Generator,
+    count: u64,
+    service_pid: u32,
+    nats_pid: u32,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let before = cpu_now(service_pid, nats_pid);
+    let mut pending = FuturesUnordered::new();
+    for k in 0..count {
+        let link = &generator.links[(k % generator.links.len() as u64) as usize];
+        let session = format!("s{}", k % generator.links.len() as u64);
+        let id = format!("{}:{session}:a{k}", link.plan_id);
+        let batch = BeaconBatch {
+            event_id: id.clone(),
+            tenant_id: "bench".into(),
+            occurred_at: Some(now_timestamp()),
+            plan_id: link.plan_id.to_string(),
+            plan_version: 0,
+            patient_id: "patient".into(),
+            session_id: session,
+            events: vec![BeaconEvent {
+                client_event_id: format!("a{k}"),
+                kind: BeaconKind::Heartbeat as i32,
+                section: 0,
+                visible_ms: 1000,
+                client_time: None,
+            }],
+        };
+        let publish = PublishMessage::build()
+            .payload(batch.encode_to_vec().into())
+            .message_id(id);
+        pending.push(js.send_publish("beacons.bench", publish).await?.into_future());
+        if pending.len() >= 1000 {
+            pending.next().await;
+        }
+    }
+    while pending.next().await.is_some() {}
+    println!(
+        "published {count} batches in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    wait_aggregated(js, Duration::from_secs(600)).await?;
+    // From the first publish: the aggregator folds while the batches are still being published.
+    let elapsed = started.elapsed();
+    println!(
+        "aggregator: {:.0} beacons/s folded ({count} one-event batches, {:.1} s from the first publish)\n{}",
+        count as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        cpu_report(&before, &cpu_now(service_pid, nats_pid), elapsed)
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! plans whose last publication is older than the interval. The first change of a plan goes out at the
 //! next poll; later ones wait for the interval, so the last change is never lost, only delayed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use followup_platform::event::{OutgoingEvent, new_event_id, now_timestamp, timestamp};
@@ -95,10 +96,22 @@ impl UpdatePublisher {
         if due.is_empty() {
             return Ok(0);
         }
+        let keys: Vec<(String, uuid::Uuid)> = due
+            .iter()
+            .map(|(tenant, facts)| (tenant.clone(), facts.plan_id))
+            .collect();
+        let mut ended: HashMap<(String, uuid::Uuid), Vec<SessionRow>> = HashMap::new();
+        for (tenant, session) in storage::take_ended_sessions(&mut tx, &keys, self.idle).await? {
+            ended
+                .entry((tenant, session.plan_id))
+                .or_default()
+                .push(session);
+        }
         let mut events = Vec::with_capacity(due.len());
         for (tenant_id, facts) in &due {
-            let ended =
-                storage::take_ended_sessions(&mut tx, tenant_id, facts.plan_id, self.idle).await?;
+            let sessions = ended
+                .remove(&(tenant_id.clone(), facts.plan_id))
+                .unwrap_or_default();
             let event = EngagementUpdated {
                 event_id: new_event_id().to_string(),
                 tenant_id: tenant_id.clone(),
@@ -107,7 +120,7 @@ impl UpdatePublisher {
                 plan_version: facts.plan_version,
                 patient_id: facts.patient_id.clone(),
                 facts: Some(facts_message(facts)),
-                ended_sessions: ended.iter().map(summary).collect(),
+                ended_sessions: sessions.iter().map(summary).collect(),
             };
             let built = event
                 .subject()
@@ -118,12 +131,10 @@ impl UpdatePublisher {
             match built {
                 Ok(outgoing) => events.push(outgoing),
                 // Tenant ids were checked at ingest; a row that cannot be published is logged, not retried.
-                Err(err) => {
-                    tracing::error!(plan_id = %facts.plan_id, error = %err, "cannot build engagement_updated")
-                }
+                Err(err) => tracing::error!(plan_id = %facts.plan_id, error = %err, "cannot build engagement_updated"),
             }
-            storage::mark_published(&mut tx, tenant_id, facts.plan_id).await?;
         }
+        storage::mark_published(&mut tx, &keys).await?;
         outbox::enqueue_events(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(due.len())

@@ -370,44 +370,56 @@ pub async fn claim_due_plans(
     Ok(rows.into_iter().map(|r| (r.tenant_id, r.facts)).collect())
 }
 
-/// Marks the page views of a plan that ended (closed, or idle past `idle`) and were not yet reported,
-/// and returns them. Rows another transaction holds are skipped; they are reported next time.
+/// Marks the page views of these plans that ended (closed, or idle past `idle`) and were not yet
+/// reported, and returns them. Rows another transaction holds are skipped; they are reported next time.
 pub async fn take_ended_sessions(
     conn: &mut PgConnection,
-    tenant_id: &str,
-    plan_id: Uuid,
+    plans: &[(String, Uuid)],
     idle: Duration,
-) -> Result<Vec<SessionRow>, sqlx::Error> {
-    sqlx::query_as::<sqlx::Postgres, SessionRow>(sqlx::AssertSqlSafe(format!(
+) -> Result<Vec<(String, SessionRow)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        tenant_id: String,
+        #[sqlx(flatten)]
+        session: SessionRow,
+    }
+    let tenants: Vec<&str> = plans.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: Vec<Uuid> = plans.iter().map(|(_, p)| *p).collect();
+    let rows = sqlx::query_as::<sqlx::Postgres, Row>(sqlx::AssertSqlSafe(format!(
         "UPDATE view_sessions SET summarized = true
          WHERE (tenant_id, plan_id, session_id) IN (
-             SELECT tenant_id, plan_id, session_id FROM view_sessions
-             WHERE tenant_id = $1 AND plan_id = $2 AND NOT summarized
-               AND (closed OR end_at < now() - make_interval(secs => $3))
-             FOR UPDATE SKIP LOCKED)
-         RETURNING {SESSION_COLUMNS}"
+             SELECT s.tenant_id, s.plan_id, s.session_id
+             FROM UNNEST($1::text[], $2::uuid[]) AS p(tenant_id, plan_id)
+             JOIN view_sessions s ON s.tenant_id = p.tenant_id AND s.plan_id = p.plan_id
+             WHERE NOT s.summarized AND (s.closed OR s.end_at < now() - make_interval(secs => $3))
+             FOR UPDATE OF s SKIP LOCKED)
+         RETURNING tenant_id, {SESSION_COLUMNS}"
     )))
-    .bind(tenant_id)
-    .bind(plan_id)
+    .bind(&tenants)
+    .bind(&ids)
     .bind(idle.as_secs_f64())
     .fetch_all(&mut *conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.tenant_id, r.session)).collect())
 }
 
-/// Records a publication; the plan keeps `live_sessions` while some page view is still unreported.
+/// Records a publication of these plans; each keeps `live_sessions` while some page view is still
+/// unreported.
 pub async fn mark_published(
     conn: &mut PgConnection,
-    tenant_id: &str,
-    plan_id: Uuid,
+    plans: &[(String, Uuid)],
 ) -> Result<(), sqlx::Error> {
+    let tenants: Vec<&str> = plans.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: Vec<Uuid> = plans.iter().map(|(_, p)| *p).collect();
     sqlx::query(
         "UPDATE plan_engagement p SET dirty = false, published_at = now(),
              live_sessions = EXISTS (SELECT 1 FROM view_sessions s
                  WHERE s.tenant_id = p.tenant_id AND s.plan_id = p.plan_id AND NOT s.summarized)
-         WHERE tenant_id = $1 AND plan_id = $2",
+         FROM UNNEST($1::text[], $2::uuid[]) AS d(tenant_id, plan_id)
+         WHERE p.tenant_id = d.tenant_id AND p.plan_id = d.plan_id",
     )
-    .bind(tenant_id)
-    .bind(plan_id)
+    .bind(&tenants)
+    .bind(&ids)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -222,6 +222,20 @@ async fn every_token_failure_is_refused_without_data() {
             assert!(!body.contains("Phase 1"), "{what}: no plan data");
         }
     }
+    // Portal front-ends on other origins may call the API (token-authenticated, no cookies).
+    let (status, headers, _) = http(
+        "OPTIONS",
+        &api(&plan_id),
+        &[
+            ("origin", "https://portal.clinic.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "authorization"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["access-control-allow-origin"], "*");
     let expired_json: serde_json::Value = serde_json::from_str(
         &http(
             "GET",

@@ -77,6 +77,40 @@ pub async fn run(app: App, shutdown: Shutdown, worker: usize) {
     }
 }
 
+/// Writes of a round, made in a few statements rather than several per message.
+#[derive(Default)]
+struct Writes {
+    attempts: Vec<AttemptRow>,
+    rows: Vec<MessageRow>,
+    conversations: Vec<messages::ConversationRow>,
+    events: Vec<followup_platform::event::OutgoingEvent>,
+}
+
+impl Writes {
+    fn event<E: followup_proto::subjects::Event>(&mut self, event: &E) {
+        let built = event
+            .subject()
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|subject| {
+                followup_platform::event::OutgoingEvent::new(INFO.name, subject, event)
+                    .map_err(|e| e.to_string())
+            });
+        match built {
+            Ok(e) => self.events.push(e),
+            // Only a tenant id that is not a subject token gets here; the row's tenant came from a subject.
+            Err(e) => tracing::error!(error = %e, "event not publishable"),
+        }
+    }
+
+    async fn flush(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        messages::put_attempts(conn, &self.attempts).await?;
+        messages::save_many(conn, &self.rows).await?;
+        messages::put_conversations(conn, &self.conversations).await?;
+        followup_platform::outbox::enqueue_events(conn, &self.events).await?;
+        Ok(())
+    }
+}
+
 /// What the first transaction knows about the batch's recipients.
 struct Context {
     contacts: HashMap<(String, String), ContactRow>,
@@ -96,15 +130,19 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
         return Ok(0);
     }
     let claimed = rows.len();
+    let started = std::time::Instant::now();
     let now = Utc::now();
     let mut ctx = load_context(&mut tx, app, &rows, now).await?;
     let mut jobs: Vec<(MessageRow, Job)> = Vec::new();
+    let mut writes = Writes::default();
     for row in rows {
-        if let Some(job) = prepare(app, &mut tx, &mut ctx, row, now).await? {
+        if let Some(job) = prepare(app, &mut tx, &mut ctx, &mut writes, row, now).await? {
             jobs.push(job);
         }
     }
+    writes.flush(&mut tx).await?;
     tx.commit().await?;
+    let decided = started.elapsed();
     if jobs.is_empty() {
         return Ok(claimed);
     }
@@ -118,12 +156,22 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    let sent = started.elapsed();
 
-    let mut tx = app.pool.begin().await?;
-    for (row, job, sent) in results {
-        record(app, &mut tx, row, &job, sent).await?;
+    let mut writes = Writes::default();
+    for (row, job, answer) in results {
+        record(app, &mut writes, row, &job, answer);
     }
+    let mut tx = app.pool.begin().await?;
+    writes.flush(&mut tx).await?;
     tx.commit().await?;
+    tracing::debug!(
+        claimed,
+        decide_ms = decided.as_millis() as u64,
+        send_ms = (sent - decided).as_millis() as u64,
+        record_ms = (started.elapsed() - sent).as_millis() as u64,
+        "delivery round"
+    );
     Ok(claimed)
 }
 
@@ -254,6 +302,7 @@ async fn prepare(
     app: &App,
     conn: &mut PgConnection,
     ctx: &mut Context,
+    writes: &mut Writes,
     mut row: MessageRow,
     now: DateTime<Utc>,
 ) -> Result<Option<(MessageRow, Job)>, sqlx::Error> {
@@ -455,7 +504,9 @@ async fn prepare(
         )
         .await?;
         messages::save(conn, &row).await?;
-        conversation_outbound(conn, &row, now).await?;
+        if let Some(c) = outbound_conversation(&row, now) {
+            messages::put_conversation(conn, &c).await?;
+        }
         enqueue(conn, &events::sent(&row)).await?;
         return Ok(None);
     }
@@ -504,20 +555,17 @@ async fn prepare(
     row.status = status::SENDING.into();
     row.due_at = Some(now + chrono::Duration::seconds(app.settings.delivery.lease_secs as i64));
     row.provider = providers::provider_name(app, &kind).to_string();
-    messages::put_attempt(
-        conn,
-        &attempt_row(
-            &row,
-            now,
-            code::ATTEMPT_UNKNOWN,
-            0,
-            "",
-            None,
-            Duration::ZERO,
-        ),
-    )
-    .await?;
-    messages::save(conn, &row).await?;
+    // Written (in the round's batch) and committed before any request leaves.
+    writes.attempts.push(attempt_row(
+        &row,
+        now,
+        code::ATTEMPT_UNKNOWN,
+        0,
+        "",
+        None,
+        Duration::ZERO,
+    ));
+    writes.rows.push(row.clone());
     let idempotency = match &row.idempotency_key {
         Some(k) if k.bytes().all(|b| b.is_ascii_graphic()) => format!("{}:{k}", row.tenant_id),
         _ => row.id.to_string(),
@@ -799,43 +847,37 @@ fn webhook_payload(row: &MessageRow, clinic: &SettingsRow, now: DateTime<Utc>) -
     .into_bytes()
 }
 
-async fn conversation_outbound(
-    conn: &mut PgConnection,
+fn outbound_conversation(
     row: &MessageRow,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Option<messages::ConversationRow> {
     if row.patient_id.is_empty()
         || !Channel::from_i32(row.channel).is_some_and(Channel::reaches_patient)
     {
-        return Ok(());
+        return None;
     }
-    messages::put_conversation(
-        conn,
-        &messages::ConversationRow {
-            tenant_id: row.tenant_id.clone(),
-            id: Uuid::now_v7(),
-            patient_id: row.patient_id.clone(),
-            direction: 2,
-            channel: row.channel,
-            text: if row.rendered_subject.is_empty() {
-                row.rendered_body.clone()
-            } else {
-                format!("{}\n\n{}", row.rendered_subject, row.rendered_body)
-            },
-            created_at: now,
-            author_staff_id: if row.automated {
-                String::new()
-            } else {
-                row.requested_by.clone()
-            },
-            classification: 0,
-            read: true,
-            message_id: Some(row.id),
-            provider_message_id: String::new(),
+    Some(messages::ConversationRow {
+        tenant_id: row.tenant_id.clone(),
+        id: Uuid::now_v7(),
+        patient_id: row.patient_id.clone(),
+        direction: 2,
+        channel: row.channel,
+        text: if row.rendered_subject.is_empty() {
+            row.rendered_body.clone()
+        } else {
+            format!("{}\n\n{}", row.rendered_subject, row.rendered_body)
         },
-    )
-    .await?;
-    Ok(())
+        created_at: now,
+        author_staff_id: if row.automated {
+            String::new()
+        } else {
+            row.requested_by.clone()
+        },
+        classification: 0,
+        read: true,
+        message_id: Some(row.id),
+        provider_message_id: String::new(),
+    })
 }
 
 async fn create_task(
@@ -963,32 +1005,22 @@ async fn create_task(
 }
 
 /// Records one provider answer (the second transaction of a round).
-async fn record(
-    app: &App,
-    conn: &mut PgConnection,
-    mut row: MessageRow,
-    job: &Job,
-    sent: Sent,
-) -> Result<(), sqlx::Error> {
+fn record(app: &App, writes: &mut Writes, mut row: MessageRow, job: &Job, sent: Sent) {
     let started = Utc::now() - chrono::Duration::from_std(sent.latency).unwrap_or_default();
     let outcome = match sent.class {
         AttemptClass::Accepted => code::ATTEMPT_ACCEPTED,
         AttemptClass::Retryable => code::ATTEMPT_RETRYABLE,
         AttemptClass::Permanent => code::ATTEMPT_PERMANENT,
     };
-    messages::put_attempt(
-        conn,
-        &attempt_row(
-            &row,
-            started,
-            outcome,
-            sent.status_code,
-            &sent.detail,
-            sent.retry_after,
-            sent.latency,
-        ),
-    )
-    .await?;
+    writes.attempts.push(attempt_row(
+        &row,
+        started,
+        outcome,
+        sent.status_code,
+        &sent.detail,
+        sent.retry_after,
+        sent.latency,
+    ));
     let now = Utc::now();
     match sent.class {
         AttemptClass::Accepted => {
@@ -997,10 +1029,12 @@ async fn record(
             row.sent_at = Some(now);
             row.provider_message_id = sent.provider_message_id.clone();
             row.failure_reason.clear();
-            messages::save(conn, &row).await?;
-            conversation_outbound(conn, &row, now).await?;
-            enqueue(conn, &events::sent(&row)).await?;
-            tracing::info!(tenant = %row.tenant_id, message_id = %row.id, attempt = job.attempt, provider = sent.provider, "message sent");
+            writes
+                .conversations
+                .extend(outbound_conversation(&row, now));
+            writes.event(&events::sent(&row));
+            writes.rows.push(row.clone());
+            tracing::debug!(tenant = %row.tenant_id, message_id = %row.id, attempt = job.attempt, provider = sent.provider, "message sent");
         }
         AttemptClass::Retryable => {
             let schedule = app.settings.delivery.schedule();
@@ -1009,15 +1043,15 @@ async fn record(
                     row.status = status::RETRYING.into();
                     row.due_at = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
                     row.failure_reason = sent.detail.clone();
-                    messages::save(conn, &row).await?;
+                    writes.rows.push(row.clone());
                     tracing::info!(tenant = %row.tenant_id, message_id = %row.id, attempt = job.attempt, status = sent.status_code, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
                 }
                 None => {
                     row.status = status::FAILED.into();
                     row.due_at = None;
                     row.failure_reason = sent.detail.clone();
-                    messages::save(conn, &row).await?;
-                    enqueue(conn, &events::failed(&row, sent.status_code, false)).await?;
+                    writes.event(&events::failed(&row, sent.status_code, false));
+                    writes.rows.push(row.clone());
                     tracing::info!(tenant = %row.tenant_id, message_id = %row.id, attempts = row.attempt_count, "retries exhausted; message failed");
                 }
             }
@@ -1026,10 +1060,9 @@ async fn record(
             row.status = status::FAILED.into();
             row.due_at = None;
             row.failure_reason = sent.detail.clone();
-            messages::save(conn, &row).await?;
-            enqueue(conn, &events::failed(&row, sent.status_code, true)).await?;
+            writes.event(&events::failed(&row, sent.status_code, true));
+            writes.rows.push(row.clone());
             tracing::info!(tenant = %row.tenant_id, message_id = %row.id, status = sent.status_code, "provider refused the message; failed");
         }
     }
-    Ok(())
 }

@@ -589,3 +589,126 @@ pub async fn list_tasks(
         .fetch_all(conn)
         .await
 }
+
+/// [`save`] for many messages in one statement (the delivery workers' hot path).
+pub async fn save_many(conn: &mut PgConnection, rows: &[MessageRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|m| m.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "UPDATE messages m SET to_address = u.to_address, rendered_subject = u.rendered_subject,
+            rendered_body = u.rendered_body, rendered_html = u.rendered_html, sms_encoding = u.sms_encoding,
+            segment_count = u.segment_count, character_count = u.character_count, status = u.status,
+            due_at = u.due_at, deferral_reason = u.deferral_reason, suppression_reason = u.suppression_reason,
+            suppression_detail = u.suppression_detail, failure_reason = u.failure_reason, provider = u.provider,
+            provider_message_id = u.provider_message_id, attempt_count = u.attempt_count,
+            counted_at = u.counted_at, sent_at = u.sent_at, delivered_at = u.delivered_at, category = u.category
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],
+                     $9::int[], $10::text[], $11::timestamptz[], $12::int[], $13::int[], $14::text[], $15::text[],
+                     $16::text[], $17::text[], $18::int[], $19::timestamptz[], $20::timestamptz[],
+                     $21::timestamptz[], $22::text[])
+           AS u(tenant_id, id, to_address, rendered_subject, rendered_body, rendered_html, sms_encoding,
+                segment_count, character_count, status, due_at, deferral_reason, suppression_reason,
+                suppression_detail, failure_reason, provider, provider_message_id, attempt_count, counted_at,
+                sent_at, delivered_at, category)
+         WHERE m.tenant_id = u.tenant_id AND m.id = u.id",
+    )
+    .bind(col!(tenant_id))
+    .bind(col!(id))
+    .bind(col!(to_address))
+    .bind(col!(rendered_subject))
+    .bind(col!(rendered_body))
+    .bind(col!(rendered_html))
+    .bind(col!(sms_encoding))
+    .bind(col!(segment_count))
+    .bind(col!(character_count))
+    .bind(col!(status))
+    .bind(col!(due_at))
+    .bind(col!(deferral_reason))
+    .bind(col!(suppression_reason))
+    .bind(col!(suppression_detail))
+    .bind(col!(failure_reason))
+    .bind(col!(provider))
+    .bind(col!(provider_message_id))
+    .bind(col!(attempt_count))
+    .bind(col!(counted_at))
+    .bind(col!(sent_at))
+    .bind(col!(delivered_at))
+    .bind(col!(category))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`put_attempt`] for many attempts in one statement.
+pub async fn put_attempts(conn: &mut PgConnection, rows: &[AttemptRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|a| a.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "INSERT INTO delivery_attempts (tenant_id, message_id, attempt, started_at, latency_ms, outcome, status_code, detail, retry_after_ms)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::timestamptz[], $5::bigint[], $6::int[], $7::int[], $8::text[], $9::bigint[])
+         ON CONFLICT (tenant_id, message_id, attempt) DO UPDATE SET latency_ms = EXCLUDED.latency_ms,
+           outcome = EXCLUDED.outcome, status_code = EXCLUDED.status_code, detail = EXCLUDED.detail,
+           retry_after_ms = EXCLUDED.retry_after_ms",
+    )
+    .bind(col!(tenant_id))
+    .bind(col!(message_id))
+    .bind(col!(attempt))
+    .bind(col!(started_at))
+    .bind(col!(latency_ms))
+    .bind(col!(outcome))
+    .bind(col!(status_code))
+    .bind(col!(detail))
+    .bind(col!(retry_after_ms))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Outbound conversation rows, many at once.
+pub async fn put_conversations(
+    conn: &mut PgConnection,
+    rows: &[ConversationRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|c| c.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "INSERT INTO conversation_messages (tenant_id, id, patient_id, direction, channel, text, created_at,
+            author_staff_id, classification, read, message_id, provider_message_id)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::int[], $5::int[], $6::text[], $7::timestamptz[],
+            $8::text[], $9::int[], $10::bool[], $11::uuid[], $12::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(col!(tenant_id))
+    .bind(col!(id))
+    .bind(col!(patient_id))
+    .bind(col!(direction))
+    .bind(col!(channel))
+    .bind(col!(text))
+    .bind(col!(created_at))
+    .bind(col!(author_staff_id))
+    .bind(col!(classification))
+    .bind(col!(read))
+    .bind(col!(message_id))
+    .bind(col!(provider_message_id))
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -129,13 +129,22 @@ async fn main() -> anyhow::Result<()> {
         let _ = axum::serve(listener, router).await;
     });
 
-    let mut own = Settings::default();
-    own.http_addr = "127.0.0.1:0".parse()?;
-    own.unsubscribe_signing_key = Secret::new("bench-key-0123456789abcdef0123456789");
-    own.sms.provider = SmsProvider::GenericJson;
-    own.sms.base_url = format!("http://{sink_addr}");
-    own.sms.from = "+15125550100".into();
-    own.delivery.poll_interval_ms = 200;
+    let defaults = Settings::default();
+    let own = Settings {
+        http_addr: "127.0.0.1:0".parse()?,
+        unsubscribe_signing_key: Secret::new("bench-key-0123456789abcdef0123456789"),
+        sms: followup_notifications::config::SmsSettings {
+            provider: SmsProvider::GenericJson,
+            base_url: format!("http://{sink_addr}"),
+            from: "+15125550100".into(),
+            ..defaults.sms.clone()
+        },
+        delivery: followup_notifications::config::DeliveryConfig {
+            poll_interval_ms: 200,
+            ..defaults.delivery.clone()
+        },
+        ..defaults
+    };
     let sources = env.sources().set("database_max_connections", 24).set(
         "log.filter",
         std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),

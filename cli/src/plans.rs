@@ -19,6 +19,14 @@ use tonic::transport::Channel;
 
 use crate::keys::{DEV_TENANT, DevKeys};
 
+/// `println!` that stops quietly when the reader went away (`followup plans show … | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Args)]
 pub struct PlansArgs {
     /// The plans service's gRPC address.
@@ -293,7 +301,7 @@ fn tooth_label(tooth: Option<&common::Tooth>) -> String {
 }
 
 fn print_plan(plan: &pb::Plan) {
-    println!(
+    out!(
         "{}  v{}  {}  \"{}\"  patient {}  {}",
         plan.plan_id,
         plan.plan_version,
@@ -346,7 +354,7 @@ fn print_plan(plan: &pb::Plan) {
         } else {
             String::new()
         };
-        println!(
+        out!(
             "  {prefix}{branch}{}. {} {} {}  {price}{override_note}{visit}{done}",
             number(&item.item_id),
             item.code,
@@ -375,7 +383,7 @@ fn print_plan(plan: &pb::Plan) {
         walk(plan, root, "", true, true, &number);
     }
     if let Some(t) = &plan.totals {
-        println!(
+        out!(
             "Total {}  (discount {}, completed {}, remaining {})",
             show_money(t.total.as_ref()),
             show_money(t.discount.as_ref()),
@@ -388,7 +396,7 @@ fn print_plan(plan: &pb::Plan) {
             } else {
                 format!("visit {}", v.visit)
             };
-            println!(
+            out!(
                 "  {name}: {} ({}/{} done)",
                 show_money(v.subtotal.as_ref()),
                 v.completed_item_count,
@@ -437,7 +445,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!(
+            out!(
                 "copied {} codes ({} already in the list)",
                 out.copied_count,
                 out.skipped_codes.len()
@@ -464,7 +472,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
             for e in &out.errors {
                 eprintln!("{}:{}: {}", file.display(), e.line, e.message);
             }
-            println!(
+            out!(
                 "added {}, updated {}, fees written {}, rows refused {}{}",
                 out.added_count,
                 out.updated_count,
@@ -488,7 +496,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner();
             for m in out.matches {
                 let code = m.code.unwrap_or_default();
-                println!(
+                out!(
                     "{:<8} {:<50} {}",
                     code.code,
                     code.name,
@@ -516,7 +524,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .fee_schedule
                 .unwrap_or_default();
-            println!(
+            out!(
                 "{}  {}  {}{}",
                 s.fee_schedule_id,
                 s.name,
@@ -531,7 +539,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             for s in out.fee_schedules {
-                println!(
+                out!(
                     "{}  {:<24} {}  {} fees{}",
                     s.fee_schedule_id,
                     s.name,
@@ -579,7 +587,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .fee_schedule
                 .unwrap_or_default();
-            println!("{}: {} fees", s.name, s.fee_count);
+            out!("{}: {} fees", s.name, s.fee_count);
         }
         PlansCommand::Create {
             patient,
@@ -606,7 +614,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
                 .unwrap_or_default();
-            println!("{}", plan.plan_id);
+            out!("{}", plan.plan_id);
         }
         PlansCommand::AddItem {
             plan,
@@ -667,7 +675,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .position(|i| i.item_id == item.item_id)
                 .map(|n| n + 1)
                 .unwrap_or(0);
-            println!(
+            out!(
                 "item {n}: {} {} {}  ({})  plan total {}",
                 item.code,
                 item.code_name,
@@ -687,7 +695,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!(
+            out!(
                 "removed; plan total {}",
                 show_money(out.totals.and_then(|t| t.total).as_ref())
             );
@@ -703,7 +711,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             for p in out.plans {
-                println!(
+                out!(
                     "{}  v{}  {:<10} {:<12} {:<32} {}",
                     p.plan_id,
                     p.plan_version,
@@ -727,8 +735,8 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("sent; the patient's link (a secret: share it only with the patient):");
-            println!("{}", out.portal_url);
+            out!("sent; the patient's link (a secret: share it only with the patient):");
+            out!("{}", out.portal_url);
         }
         PlansCommand::Approve { plan } => {
             let p = plans
@@ -741,7 +749,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
                 .unwrap_or_default();
-            println!("{}", status_name(p.status));
+            out!("{}", status_name(p.status));
         }
         PlansCommand::Complete { plan, item } => {
             let item_id = client.item_id(&plan, &item).await?;
@@ -755,7 +763,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             let p = out.plan.unwrap_or_default();
-            println!(
+            out!(
                 "done; plan {}  remaining {}",
                 status_name(p.status),
                 show_money(p.totals.and_then(|t| t.remaining).as_ref())
@@ -772,7 +780,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
                 .unwrap_or_default();
-            println!("{}", status_name(p.status));
+            out!("{}", status_name(p.status));
         }
         PlansCommand::Revise { plan, reason } => {
             let p = plans
@@ -785,7 +793,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
                 .unwrap_or_default();
-            println!("version {} is a DRAFT", p.plan_version);
+            out!("version {} is a DRAFT", p.plan_version);
         }
         PlansCommand::Billing { patient } => {
             let out = plans
@@ -796,10 +804,10 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             if out.lines.is_empty() {
-                println!("no plans for patient {}", out.patient_id);
+                out!("no plans for patient {}", out.patient_id);
             }
             for l in out.lines {
-                println!(
+                out!(
                     "{}: planned {}, approved {}, completed {}, remaining {} ({} plans)",
                     l.currency,
                     show_money(l.planned.as_ref()),

@@ -183,15 +183,11 @@ impl Platform {
         let admin_addr = local_addr("admin", &admin_listener)?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(followup_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection(&grpc.names)
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         // grpcurl before 1.8.8 and many tools still ask the v1alpha service.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(followup_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection(&grpc.names)
             .build_v1alpha()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         let names = grpc.names.clone();
@@ -267,6 +263,20 @@ impl Platform {
             health_names: names,
         })
     }
+}
+
+/// Reflection over this service's own APIs and health (not every API of the shared descriptor set),
+/// with the `google.rpc` error-detail types so clients such as grpcurl can print AIP-193 details.
+fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(followup_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in names {
+        builder = builder.with_service_name(*name);
+    }
+    builder
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -371,7 +381,8 @@ impl Running {
         let drained = self.shutdown.wait_drained(self.grace).await;
         self.relay_shutdown.trigger();
         let relay_drained = self.relay_shutdown.wait_drained(self.grace).await;
-        let _ = self.nats.flush().await;
+        // Bounded: with NATS already gone a flush would wait for a reconnect that never comes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.nats.flush()).await;
         self.pool.close().await;
         tracing::info!(service = self.info.name, drained, relay_drained, "stopped");
         drained && relay_drained

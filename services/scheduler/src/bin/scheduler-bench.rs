@@ -277,7 +277,9 @@ async fn phase_lateness(args: &Args, dbs: &mut Databases) -> anyhow::Result<()> 
     );
     let (_, pool) = seeded(dbs, "late", args.pending, 0).await?;
     let now = Utc::now();
-    let start = now + chrono::Duration::seconds(3);
+    // Far enough ahead that seeding these steps ends before the first falls due: the timer then starts
+    // idle, and every step is measured from its due time.
+    let start = now + chrono::Duration::seconds(60);
     seed(
         &pool,
         &Seed {
@@ -292,6 +294,10 @@ async fn phase_lateness(args: &Args, dbs: &mut Databases) -> anyhow::Result<()> 
         },
     )
     .await?;
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    if Utc::now() >= start {
+        eprintln!("  warning: seeding outlasted the lead time; the first steps start late");
+    }
     let store = Store::new(Arc::new(SystemClock));
     let worker = followup_scheduler::timer::TimerWorker {
         pool: pool.clone(),
@@ -304,7 +310,7 @@ async fn phase_lateness(args: &Args, dbs: &mut Databases) -> anyhow::Result<()> 
     };
     let shutdown = followup_platform::shutdown::Shutdown::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
-    let deadline = Instant::now() + Duration::from_secs(args.lateness_seconds as u64 + 120);
+    let deadline = Instant::now() + Duration::from_secs(args.lateness_seconds as u64 + 180);
     loop {
         let fired = count(
             &pool,

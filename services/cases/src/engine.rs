@@ -64,12 +64,88 @@ struct Slot {
     state: CaseState,
     /// The patient id the case had when loaded (None: new).
     loaded_patient: Option<String>,
+    /// What the case counted for when loaded (None: new), for the per-status count deltas.
+    loaded_count: Option<CountCell>,
     representative: bool,
     dirty: bool,
     created: bool,
     updated: bool,
     presentation: Option<Presentation>,
     last_entry: Option<Uuid>,
+}
+
+/// What a case counts for in the per-status counts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct CountCell {
+    tenant_id: String,
+    owner_key: String,
+    status: i16,
+    currency: String,
+    /// The value it adds to totals (0 when another option of its group counts instead).
+    value: i64,
+}
+
+impl CountCell {
+    fn of(state: &CaseState, representative: bool) -> Self {
+        Self {
+            tenant_id: state.tenant_id.clone(),
+            owner_key: state.owner_staff_id.clone().unwrap_or_default(),
+            status: state.status.number() as i16,
+            currency: state
+                .value
+                .as_ref()
+                .map_or_else(String::new, |m| m.currency.clone()),
+            value: if representative {
+                state.value.as_ref().map_or(0, |m| m.amount_minor)
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// The changes of the batch to the per-status counts, one row per cell: each written case leaves the
+/// cell it was in and enters the one it is in now.
+fn count_deltas(slots: &HashMap<CaseKey, Slot>) -> Vec<storage::counts::Delta> {
+    let mut cells: std::collections::BTreeMap<(String, String, i16, String), (i64, i64)> =
+        Default::default();
+    for slot in slots.values().filter(|s| s.dirty) {
+        let now = CountCell::of(&slot.state, slot.representative);
+        if slot.loaded_count.as_ref() == Some(&now) {
+            continue;
+        }
+        if let Some(before) = &slot.loaded_count {
+            let cell = cells
+                .entry((
+                    before.tenant_id.clone(),
+                    before.owner_key.clone(),
+                    before.status,
+                    before.currency.clone(),
+                ))
+                .or_default();
+            cell.0 -= 1;
+            cell.1 -= before.value;
+        }
+        let cell = cells
+            .entry((now.tenant_id, now.owner_key, now.status, now.currency))
+            .or_default();
+        cell.0 += 1;
+        cell.1 += now.value;
+    }
+    cells
+        .into_iter()
+        .filter(|(_, (n, v))| *n != 0 || *v != 0)
+        .map(
+            |((tenant_id, owner_key, status, currency), (count, value))| storage::counts::Delta {
+                tenant_id,
+                owner_key,
+                status,
+                currency,
+                count,
+                value,
+            },
+        )
+        .collect()
 }
 
 /// When a case was accepted: its booking or completion, else its approval.
@@ -152,6 +228,7 @@ impl Engine {
                     key,
                     Slot {
                         loaded_patient: Some(state.patient_id.clone()),
+                        loaded_count: Some(CountCell::of(&state, representative)),
                         state,
                         representative,
                         dirty: false,
@@ -248,6 +325,7 @@ impl Engine {
             })
             .collect();
         storage::write_cases(conn, &writes).await?;
+        storage::counts::add_deltas(conn, &count_deltas(&slots)).await?;
         let unused: Vec<CaseKey> = placeholders
             .into_iter()
             .filter(|key| !slots.get(key).is_some_and(|s| s.dirty))
@@ -294,6 +372,7 @@ impl Engine {
         let state_changed = slots.get(&key).is_none_or(|s| s.state != applied.state);
         let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
             loaded_patient: None,
+            loaded_count: None,
             state: applied.state.clone(),
             representative: true,
             dirty: true,
@@ -340,6 +419,7 @@ impl Engine {
             let key = (tenant.to_string(), state.case_id);
             slots.entry(key).or_insert(Slot {
                 loaded_patient: Some(state.patient_id.clone()),
+                loaded_count: Some(CountCell::of(&state, representative)),
                 state,
                 representative,
                 dirty: false,

@@ -409,7 +409,11 @@ async fn lists(
                 .context("ListCases")?
                 .into_inner();
             let elapsed = started.elapsed();
-            anyhow::ensure!(!response.cases.is_empty(), "{}: cases on the page", scenario.name);
+            anyhow::ensure!(
+                !response.cases.is_empty(),
+                "{}: cases on the page",
+                scenario.name
+            );
             let started = Instant::now();
             let rows = bare(pool, &scenario.tenant, &filter, order, cursor.as_ref()).await?;
             let bare_elapsed = started.elapsed();
@@ -681,9 +685,11 @@ fn machine() -> String {
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|o| {
-            o.lines()
-                .find(|l| l.starts_with("PRETTY_NAME="))
-                .map(|l| l.trim_start_matches("PRETTY_NAME=").trim_matches('"').to_string())
+            o.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| {
+                l.trim_start_matches("PRETTY_NAME=")
+                    .trim_matches('"')
+                    .to_string()
+            })
         })
         .unwrap_or_default();
     format!("{cores} cores, {memory} GiB, {os}")
@@ -692,11 +698,16 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.clinics >= 2 && args.big < args.cases, "need a big clinic and others");
+    anyhow::ensure!(
+        args.clinics >= 2 && args.big < args.cases,
+        "need a big clinic and others"
+    );
     let env = TestEnv::start().await;
     let pool = PgPool::connect(&env.db.url).await?;
     followup_platform::db::migrate(&pool, &MIGRATOR).await?;
-    let pg: String = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await?;
+    let pg: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&pool)
+        .await?;
     println!("cases-bench {}", Utc::now().format("%Y-%m-%d %H:%M UTC"));
     println!("machine: {}; PostgreSQL {pg}", machine());
     println!(
@@ -714,7 +725,10 @@ async fn main() -> anyhow::Result<()> {
     let mut client = CasesServiceClient::new(channel);
     let mut headline_list = None;
     if !args.skip_lists {
-        println!("ListCases, a page of 50 with totals, {} calls per scenario:", args.requests);
+        println!(
+            "ListCases, a page of 50 with totals, {} calls per scenario:",
+            args.requests
+        );
         let results = lists(&env, &pool, &mut client, &args).await?;
         // The headline is the first scenario: the dashboard's list of a 200k-case clinic.
         headline_list = results.first().map(|(_, f)| (f[1], f[1] / f[3]));

@@ -99,54 +99,89 @@ pub struct Presentation {
     pub images: Vec<Image>,
 }
 
-/// Everything the service knows about one case presentation.
+/// Everything the service knows about one case presentation. Stored as JSON without the empty and
+/// default fields: the row stays small (below PostgreSQL's compression threshold), and a field added
+/// later reads as its default from older rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseState {
     pub tenant_id: String,
     pub case_id: Uuid,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub plan_version: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub patient_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub title: String,
     pub status: CaseStatus,
     /// When the current status was set (the event's time, or the staff change's).
     pub status_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub status_by_staff: bool,
     /// What set it: an event's subject tail, "timer.response_window", "group.accepted" or "staff".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status_cause: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_staff_id: Option<String>,
     /// Staff chose the owner: plan events no longer reassign it.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub owner_by_staff: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alternative_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_sent_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sent_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub send_count: i32,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub viewed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_view_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_view_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub view_count: i32,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub total_view_millis: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub section_times: Vec<SectionTime>,
     /// occurred_at of the engagement facts held, so older facts never replace newer ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engagement_at: Option<DateTime<Utc>>,
     /// Approved by anyone (patient in the portal, or staff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_approved_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub reminders_sent: i32,
     /// The first follow-up that reached the patient (a reminder sent or a call task done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_follow_up_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enrollments: Vec<Enrollment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booked_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booked_appointment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointment_start: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cancelled_appointments: Vec<(String, DateTime<Utc>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quote_expiry_date: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_activity_at: DateTime<Utc>,
     /// When the response window ends, while one runs (SENT_VIEWED without a response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_due_at: Option<DateTime<Utc>>,
 }
 
@@ -247,6 +282,14 @@ impl CaseState {
             stale: at < self.status_at,
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 pub const CAUSE_PLAN_CANCELLED: &str = "plans.plan_cancelled";
@@ -1532,6 +1575,27 @@ mod tests {
             assert_eq!(case.value, in_order.value);
             assert!(case.viewed);
         }
+    }
+
+    #[test]
+    fn a_case_survives_its_stored_form_and_leaves_defaults_out() {
+        let (case, _) = run(&[sent(0, 1, 100), viewed(2), booked(5, "a-1")]);
+        let json = serde_json::to_string(&case).expect("serializes");
+        assert!(!json.contains("null"), "{json}");
+        assert!(
+            !json.contains("reminders_sent"),
+            "zero counters are left out: {json}"
+        );
+        let back: CaseState = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, case);
+        // A row written before a field existed reads that field as its default.
+        let sparse = format!(
+            r#"{{"tenant_id":"c1","case_id":"{}","status":"SentViewed","status_at":"2026-11-02T08:00:00Z","created_at":"2026-11-02T08:00:00Z","last_activity_at":"2026-11-02T08:00:00+00:00"}}"#,
+            id()
+        );
+        let old: CaseState = serde_json::from_str(&sparse).expect("sparse row reads");
+        assert_eq!(old.view_count, 0);
+        assert!(old.enrollments.is_empty());
     }
 
     #[test]

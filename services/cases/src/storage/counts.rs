@@ -34,7 +34,8 @@ impl OwnerScope {
 }
 
 /// The statement behind [`cells`] (the benchmark times it bare).
-pub const CELLS_SQL: &str = "SELECT status, currency, sum(n)::int8 AS count, sum(v)::int8 AS value FROM (
+pub const CELLS_SQL: &str =
+    "SELECT status, currency, sum(n)::int8 AS count, sum(v)::int8 AS value FROM (
          SELECT status, currency, case_count AS n, rep_value AS v FROM case_counts
          WHERE tenant_id = $1 AND ($2::text[] IS NULL OR owner_key = ANY($2))
          UNION ALL
@@ -58,11 +59,51 @@ pub async fn cells(
     owners: &OwnerScope,
 ) -> Result<Vec<Cell>, Error> {
     let cells = sqlx::query_as::<sqlx::Postgres, Cell>(CELLS_SQL)
-    .bind(tenant_id)
-    .bind(owners.keys())
-    .fetch_all(&mut *conn)
-    .await?;
+        .bind(tenant_id)
+        .bind(owners.keys())
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(cells)
+}
+
+/// A change to one (clinic, owner, status, currency) cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub tenant_id: String,
+    pub owner_key: String,
+    pub status: i16,
+    pub currency: String,
+    pub count: i64,
+    pub value: i64,
+}
+
+/// Appends the deltas of a transaction (one row per cell, however many cases moved).
+pub async fn add_deltas(conn: &mut PgConnection, deltas: &[Delta]) -> Result<(), Error> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = deltas.iter().map(|d| d.tenant_id.as_str()).collect();
+    let owners: Vec<&str> = deltas.iter().map(|d| d.owner_key.as_str()).collect();
+    let statuses: Vec<i16> = deltas.iter().map(|d| d.status).collect();
+    let currencies: Vec<&str> = deltas.iter().map(|d| d.currency.as_str()).collect();
+    let counts: Vec<i32> = deltas
+        .iter()
+        .map(|d| i32::try_from(d.count).unwrap_or(i32::MAX))
+        .collect();
+    let values: Vec<i64> = deltas.iter().map(|d| d.value).collect();
+    sqlx::query(
+        "INSERT INTO case_count_deltas (tenant_id, owner_key, status, currency, case_delta, value_delta)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::text[], $5::int4[], $6::int8[])",
+    )
+    .bind(&tenants)
+    .bind(&owners)
+    .bind(&statuses)
+    .bind(&currencies)
+    .bind(&counts)
+    .bind(&values)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Folds pending deltas into the counts. One compactor at a time (an advisory lock), so replicas never

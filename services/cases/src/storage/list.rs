@@ -181,7 +181,11 @@ pub fn page_query(
     push_filters(&mut q, tenant_id, filter, true);
     // Natural direction: Sent/Value/Activity descending, Priority ascending; `reverse` flips it.
     let descending = matches!(order, Order::Sent | Order::Value | Order::Activity) != reverse;
-    let (cmp, dir) = if descending { ("<", "DESC") } else { (">", "ASC") };
+    let (cmp, dir) = if descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
     if let Some(cursor) = after {
         if cursor.order() != order {
             return Err(Error::invalid(
@@ -256,10 +260,7 @@ pub async fn page(
     limit: i64,
 ) -> Result<(Vec<CaseRecord>, bool), Error> {
     let mut q = page_query(tenant_id, filter, order, reverse, after, limit)?;
-    let mut rows = q
-        .build_query_as::<ListRow>()
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut rows = q.build_query_as::<ListRow>().fetch_all(&mut *conn).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit.max(0) as usize);
     Ok((

@@ -249,7 +249,10 @@ async fn pages_are_stable_while_cases_are_added() {
     assert!(folded, "count deltas are folded into the counts");
     let after_folding = h.list(pb::ListCasesRequest::default()).await.unwrap();
     assert_eq!(after_folding.total_count, 27);
-    assert_eq!(after_folding.total_value, vec![eur((1..=23).sum::<i64>() * 10_000 + (1..=4).sum::<i64>() * 10_000).unwrap()]);
+    assert_eq!(
+        after_folding.total_value,
+        vec![eur((1..=23).sum::<i64>() * 10_000 + (1..=4).sum::<i64>() * 10_000).unwrap()]
+    );
     let unique: HashSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no case twice");
     let expected: HashSet<&String> = seeded.iter().collect();

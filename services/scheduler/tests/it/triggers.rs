@@ -469,3 +469,198 @@ async fn time_based_triggers_fire_when_their_time_comes_and_only_if_still_true()
         .count();
     assert_eq!(lapsed, 2);
 }
+
+#[tokio::test]
+async fn a_guard_is_checked_when_its_step_falls_due_and_a_false_one_skips_only_that_step() {
+    let s = Scheduler::start().await;
+    let wait_day = || pb::Step {
+        action: Some(pb::step::Action::Wait(pb::WaitAction {
+            until: Some(pb::wait_action::Until::Duration(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            })),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let not_viewed = pb::Condition {
+        kind: Some(pb::condition::Kind::Comparison(pb::Comparison {
+            field: pb::CaseField::Viewed as i32,
+            operator: pb::Operator::Eq as i32,
+            value: Some(pb::Value {
+                kind: Some(pb::value::Kind::Flag(false)),
+            }),
+            upper: None,
+        })),
+    };
+    let rule = s
+        .play(pb::Rule {
+            name: "Guarded".into(),
+            category: "treatment_follow_up".into(),
+            case_kind: common::CaseKind::CasePresentation as i32,
+            trigger: Some(pb::Trigger {
+                r#type: pb::TriggerType::PlanSent as i32,
+                ..Default::default()
+            }),
+            owner_staff_id: "rule-owner".into(),
+            steps: vec![
+                wait_day(),
+                pb::Step {
+                    action: Some(pb::step::Action::Send(pb::SendAction {
+                        channel: common::Channel::Sms as i32,
+                        template_key: "plan_follow_up_1".into(),
+                    })),
+                    only_if: Some(not_viewed),
+                    ..Default::default()
+                },
+                pb::Step {
+                    action: Some(pb::step::Action::Task(pb::TaskAction {
+                        title: "Call about the plan".into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                wait_day(),
+                pb::Step {
+                    action: Some(pb::step::Action::Webhook(pb::WebhookAction {
+                        webhook_endpoint_id: "crm".into(),
+                    })),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await;
+    let mut sent = s.plan_sent("plan-g", "patient-g");
+    sent.owner_staff_id = String::new();
+    s.publish(&sent).await;
+    eventually("enrolled", || async {
+        s.enrollments_of_rule(&rule.rule_id).await.len() == 1
+    })
+    .await;
+    // The patient views the plan before the first step is due: its guard no longer holds.
+    s.publish(&ev::PlanViewed {
+        event_id: id(),
+        tenant_id: TENANT.into(),
+        occurred_at: ts(s.now()),
+        plan_id: "plan-g".into(),
+        plan_version: 1,
+        patient_id: "patient-g".into(),
+        session_id: "s".into(),
+    })
+    .await;
+    eventually("viewed", || async {
+        s.count("SELECT count(*) FROM cases WHERE viewed").await == 1
+    })
+    .await;
+    s.advance(Duration::days(2));
+    eventually("the task and the webhook", || async {
+        s.requested().await.len() == 2
+    })
+    .await;
+    let requested = s.requested().await;
+    assert_eq!(requested[0].channel, common::Channel::Task as i32);
+    // No case owner: the task goes to the rule's owner.
+    assert_eq!(requested[0].owner_staff_id, "rule-owner");
+    assert_eq!(
+        requested[0].recipient.clone().and_then(|r| r.target),
+        Some(ev::recipient::Target::StaffId("rule-owner".into()))
+    );
+    assert_eq!(requested[1].channel, common::Channel::Webhook as i32);
+    assert_eq!(requested[1].webhook_endpoint_id, "crm");
+    let enrollment = s.enrollments_of_rule(&rule.rule_id).await.remove(0);
+    assert_eq!(enrollment.state, pb::EnrollmentState::Finished as i32);
+    let timeline = s.timeline(&enrollment.enrollment_id).await;
+    assert_eq!(timeline.steps[1].state, pb::StepRunState::Skipped as i32);
+    assert_eq!(timeline.steps[1].reason, "guard did not hold when due");
+    assert_eq!(timeline.steps[2].state, pb::StepRunState::Fired as i32);
+    assert!(
+        timeline
+            .history
+            .iter()
+            .any(|h| h.summary == "finished: every step ran")
+    );
+}
+
+#[tokio::test]
+async fn facts_are_idempotent_and_events_out_of_order_change_nothing_backwards() {
+    let s = Scheduler::start().await;
+    let no_show = s.enable("no_show_recovery").await;
+    let t0 = s.now();
+    let care_case = |at: chrono::DateTime<chrono::Utc>, max: i32| ev::CareCaseUpserted {
+        event_id: id(),
+        tenant_id: TENANT.into(),
+        occurred_at: ts(at),
+        care_case_id: "cc-9".into(),
+        patient_id: "patient-9".into(),
+        name: format!("Course of {max}"),
+        status: common::CareCaseStatus::Open as i32,
+        max_sessions: max,
+        invoiceable_amount: Some(common::Money {
+            amount_minor: 50_000,
+            currency: "AUD".into(),
+        }),
+        ..Default::default()
+    };
+    // The newer record arrives first; the older one after it changes nothing.
+    s.publish(&care_case(t0 + Duration::seconds(10), 8)).await;
+    s.publish(&care_case(t0, 5)).await;
+    // The same invoice twice (a clinic system retrying with a new event id).
+    for _ in 0..2 {
+        s.publish(&ev::InvoiceIssued {
+            event_id: id(),
+            tenant_id: TENANT.into(),
+            occurred_at: ts(t0),
+            invoice_id: "inv-9".into(),
+            patient_id: "patient-9".into(),
+            amount: Some(common::Money {
+                amount_minor: 10_000,
+                currency: "AUD".into(),
+            }),
+            care_case_id: "cc-9".into(),
+            ..Default::default()
+        })
+        .await;
+    }
+    // A booking made after a no-show reaches us before the no-show: the no-show starts nothing.
+    let mut booked = s.booked(s.appointment("appt-new", "patient-8", ""));
+    booked.occurred_at = ts(t0 + Duration::minutes(5));
+    s.publish(&booked).await;
+    let no_show_event = ev::AppointmentNoShow {
+        event_id: id(),
+        tenant_id: TENANT.into(),
+        occurred_at: ts(t0),
+        appointment: Some(s.appointment("appt-missed", "patient-8", "")),
+    };
+    s.publish(&no_show_event).await;
+    // And the same no-show delivered twice is applied once.
+    s.publish(&no_show_event).await;
+
+    let request = || pb::GetCaseFactsRequest {
+        case_ref: Some(common::CaseRef {
+            target: Some(common::case_ref::Target::CareCaseId("cc-9".into())),
+        }),
+    };
+    eventually("the facts settle", || async {
+        s.count("SELECT count(*) FROM appointments").await == 2
+            && s.count("SELECT count(*) FROM invoices").await == 1
+    })
+    .await;
+    let facts = s
+        .client
+        .clone()
+        .get_case_facts(s.owner(request()))
+        .await
+        .expect("facts")
+        .into_inner()
+        .facts
+        .expect("facts");
+    assert_eq!(
+        (facts.name.as_str(), facts.max_sessions),
+        ("Course of 8", 8)
+    );
+    assert_eq!(facts.total_invoiced.map(|m| m.amount_minor), Some(10_000));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(s.enrollments_of_rule(&no_show.rule_id).await.is_empty());
+    assert!(s.requested().await.is_empty());
+}

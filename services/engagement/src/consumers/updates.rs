@@ -131,7 +131,9 @@ impl UpdatePublisher {
             match built {
                 Ok(outgoing) => events.push(outgoing),
                 // Tenant ids were checked at ingest; a row that cannot be published is logged, not retried.
-                Err(err) => tracing::error!(plan_id = %facts.plan_id, error = %err, "cannot build engagement_updated"),
+                Err(err) => {
+                    tracing::error!(plan_id = %facts.plan_id, error = %err, "cannot build engagement_updated")
+                }
             }
         }
         storage::mark_published(&mut tx, &keys).await?;

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/lib/ensure-deps.sh
 cargo build --release -p followup --bin followup
-exec target/release/followup dev "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/followup" dev "$@"

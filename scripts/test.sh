@@ -45,7 +45,7 @@ if [[ -z "${FOLLOWUP_TEST_DATABASE_URL:-}" ]]; then
     mkdir -p .followup
     out=.followup/test-infra.out
     : >"$out"
-    target/debug/followup dev --infra-only --dir .followup/test-infra >"$out" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/debug/followup" dev --infra-only --dir .followup/test-infra >"$out" 2>&1 &
     infra_pid=$!
     for _ in $(seq 1 120); do
       url=$(sed -n 's/^DATABASE_URL=//p' "$out")

@@ -7,6 +7,28 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct Settings {
     pub timer: TimerSettings,
+    pub notifications: NotificationsSettings,
+}
+
+/// Where the notifications service answers (previews read its quiet hours and cap and render its
+/// templates; backtests read its pacing once at start).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsSettings {
+    /// gRPC address, e.g. `http://notifications:50055`; empty = none (previews then assume the default
+    /// quiet hours and cap and render nothing, and say so).
+    pub addr: String,
+    /// Per call.
+    pub timeout_ms: u64,
+}
+
+impl Default for NotificationsSettings {
+    fn default() -> Self {
+        Self {
+            addr: "http://127.0.0.1:50055".into(),
+            timeout_ms: 3000,
+        }
+    }
 }
 
 /// The timer that fires due steps and trigger timers.

@@ -322,6 +322,73 @@ pub fn facts_to_proto(view: FactsView<'_>) -> pb::CaseFacts {
     }
 }
 
+/// Made-up facts (a preview): what conditions read, checked like any request. Derived fields are
+/// ignored (they are computed).
+pub fn facts_from_proto(f: &pb::CaseFacts, path: &str) -> Result<CaseFacts, FieldError> {
+    let kind = match enum_value::<common::CaseKind>(f.case_kind, &format!("{path}.case_kind"))? {
+        common::CaseKind::Unspecified => {
+            return Err(FieldError::new(
+                format!("{path}.case_kind"),
+                "is required: CASE_PRESENTATION or CARE_CASE",
+            ));
+        }
+        kind => kind,
+    };
+    let date = |text: &str, field: &str| -> Result<Option<chrono::NaiveDate>, FieldError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        parse_date(text).map(Some).ok_or_else(|| {
+            FieldError::new(
+                format!("{path}.{field}"),
+                format!("`{text}` is not a date YYYY-MM-DD"),
+            )
+        })
+    };
+    let money = |m: Option<&common::Money>, field: &str| -> Result<Option<Money>, FieldError> {
+        match money_from(m) {
+            Some(m) if !crate::domain::condition::is_currency(&m.currency) => Err(FieldError::new(
+                format!("{path}.{field}.currency"),
+                "must be an ISO 4217 code such as USD",
+            )),
+            other => Ok(other),
+        }
+    };
+    let status = match f.presentation_status {
+        0 => None,
+        s => Some(enum_value::<common::CaseStatus>(
+            s,
+            &format!("{path}.presentation_status"),
+        )?),
+    };
+    if f.max_sessions < 0 || f.sessions_booked < 0 || f.sessions_done < 0 {
+        return Err(FieldError::new(
+            format!("{path}.sessions_done"),
+            "session counts must not be negative",
+        ));
+    }
+    Ok(CaseFacts {
+        kind,
+        name: f.name.clone(),
+        open: f.open_closed != common::CareCaseStatus::Closed as i32
+            && !status.is_some_and(crate::domain::facts::is_closed_status),
+        issue_date: date(&f.issue_date, "issue_date")?,
+        expiry_date: date(&f.expiry_date, "expiry_date")?,
+        max_sessions: f.max_sessions,
+        sessions_booked: f.sessions_booked,
+        sessions_done: f.sessions_done,
+        total_invoiced: money(f.total_invoiced.as_ref(), "total_invoiced")?,
+        invoiceable_amount: money(f.invoiceable_amount.as_ref(), "invoiceable_amount")?,
+        presentation_status: status,
+        viewed: f.viewed,
+        sent_at: f
+            .sent_time
+            .as_ref()
+            .and_then(followup_platform::event::from_timestamp),
+        value: money(f.value.as_ref(), "value")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

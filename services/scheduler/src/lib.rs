@@ -12,6 +12,8 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod notify;
+pub mod replay;
 pub mod seed;
 pub mod storage;
 pub mod templates;
@@ -84,6 +86,11 @@ impl Service {
         let api = grpc::SchedulerServiceApi {
             pool: platform.pool.clone(),
             store,
+            js: platform.js.clone(),
+            notifications: notify::Notifications::new(
+                &own.notifications.addr,
+                Duration::from_millis(own.notifications.timeout_ms.max(1)),
+            ),
         };
         platform.serve(grpc::services(auth, api), vec![]).await
     }

@@ -31,6 +31,17 @@ impl std::fmt::Display for Money {
     }
 }
 
+/// Statuses after which a presentation is closed.
+pub fn is_closed_status(status: CaseStatus) -> bool {
+    matches!(
+        status,
+        CaseStatus::PatientBooked
+            | CaseStatus::PatientRejected
+            | CaseStatus::TreatmentCompleted
+            | CaseStatus::Superseded
+    )
+}
+
 /// What the scheduler holds about one case (stored facts; see [`Derived`] for the computed ones).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CaseFacts {

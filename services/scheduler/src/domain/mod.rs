@@ -1,10 +1,13 @@
 //! The scheduler's rules, conditions, facts and schedules as plain Rust: no database, no network. Most of
 //! the unit tests live here.
 
+pub mod backtest;
 pub mod clock;
 pub mod condition;
 pub mod enrollment;
 pub mod facts;
+pub mod pacing;
+pub mod preview;
 pub mod rule;
 pub mod schedule;
 

@@ -1,5 +1,7 @@
-//! The gRPC edge of the scheduler service: `followup.scheduler.v1.SchedulerService`. Preview and backtest
-//! (issue 9) and `WaitlistService` answer UNIMPLEMENTED until they land.
+//! The gRPC edge of the scheduler service: `followup.scheduler.v1.SchedulerService` (with preview and
+//! backtest in `dryrun`) and `followup.scheduler.v1.WaitlistService`.
+
+mod dryrun;
 
 use base64::Engine as _;
 use followup_platform::auth::{Authenticator, Caller, Role, caller};
@@ -37,11 +39,18 @@ const EDITORS: &[Role] = &[Role::Owner, Role::Admin];
 
 type Reply<T> = Result<Response<T>, Status>;
 
+type BacktestStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::BacktestRuleResponse, Status>> + Send + 'static>,
+>;
+
 /// `followup.scheduler.v1.SchedulerService`.
 #[derive(Clone)]
 pub struct SchedulerServiceApi {
     pub pool: PgPool,
     pub store: Store,
+    /// Backtests read the CLINIC and FOLLOWUP streams through ephemeral ordered consumers.
+    pub js: async_nats::jetstream::Context,
+    pub notifications: crate::notify::Notifications,
 }
 
 #[allow(clippy::result_large_err)]
@@ -545,11 +554,38 @@ impl SchedulerService for SchedulerServiceApi {
 
     async fn preview_rule(
         &self,
-        _request: Request<pb::PreviewRuleRequest>,
+        request: Request<pb::PreviewRuleRequest>,
     ) -> Reply<pb::PreviewRuleResponse> {
-        Err(Status::unimplemented(
-            "PreviewRule is not available yet (it comes with the scheduler's preview and backtest work)",
-        ))
+        let caller = caller(&request)?;
+        let bearer = dryrun::bearer(&request);
+        let response = self
+            .preview(&caller.tenant, &bearer, request.into_inner())
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn backtest_rule(
+        &self,
+        request: Request<pb::BacktestRuleRequest>,
+    ) -> Reply<BacktestStream> {
+        let caller = caller(&request)?;
+        let bearer = dryrun::bearer(&request);
+        let request = request.into_inner();
+        let (sim, limits, _) = self
+            .backtest_setup(&caller.tenant, &bearer, &request)
+            .await?;
+        tracing::info!(tenant = %caller.tenant, start = %limits.start, end = %limits.end, "backtest started");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(dryrun::stream_backtest(
+            self.js.clone(),
+            caller.tenant.clone(),
+            sim,
+            limits,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get_scheduler_settings(

@@ -2,6 +2,7 @@
 
 mod api;
 mod crash;
+mod dryrun;
 mod stops;
 mod support;
 mod timer;

@@ -29,6 +29,8 @@ pub fn settings() -> Settings {
     let mut settings = Settings::default();
     // A moved clock is noticed within a poll interval.
     settings.timer.poll_interval_ms = 25;
+    // No notifications service unless a test starts one.
+    settings.notifications.addr = String::new();
     settings
 }
 
@@ -46,7 +48,11 @@ impl Scheduler {
     }
 
     pub async fn start_with(settings: Settings) -> Self {
-        let env = TestEnv::start().await;
+        Self::start_in(TestEnv::start().await, settings).await
+    }
+
+    /// The scheduler in an environment a test prepared (e.g. with the notifications service running).
+    pub async fn start_in(env: TestEnv, settings: Settings) -> Self {
         let clock = ManualClock::new(start_time());
         let running = Service::build_with_clock(
             env.config(&INFO, settings),

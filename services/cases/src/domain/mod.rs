@@ -15,13 +15,14 @@ pub use status::CaseStatus;
 
 /// Validates clinic settings; the message names what is wrong, in words an admin can act on.
 pub fn validate_settings(settings: &CaseSettings) -> Result<(), (&'static str, String)> {
-    const MIN_WINDOW: i64 = 60;
+    // Seconds are allowed so that `followup demo` can show a window end within its minute.
+    const MIN_WINDOW: i64 = 1;
     const MAX_WINDOW: i64 = 60 * 86_400;
     if !(MIN_WINDOW..=MAX_WINDOW).contains(&settings.response_window_secs) {
         return Err((
             "response_window",
             format!(
-                "must be between 1 minute and 60 days, got {} s",
+                "must be between 1 second and 60 days, got {} s",
                 settings.response_window_secs
             ),
         ));

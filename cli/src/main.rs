@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cases;
+mod demo;
 mod dev;
 mod engagement;
 mod keys;
@@ -40,6 +41,9 @@ enum Command {
     Cases(Box<cases::CasesArgs>),
     /// The scheduler: automation rules (list, show, play, pause, templates), enrollments and timelines.
     Rules(Box<scheduler::RulesArgs>),
+    /// A narrated minute of the whole system against a running stack: a plan sent, read, followed up,
+    /// a no-show recovered, a STOP honoured, a booking, the leakage report.
+    Demo(Box<demo::DemoArgs>),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             Command::Notifications(args) => notifications::run(*args).await,
             Command::Rules(args) => scheduler::run(*args).await,
             Command::Cases(args) => cases::run(*args).await,
+            Command::Demo(args) => demo::run(*args).await,
         }
     });
     match outcome {

@@ -151,6 +151,7 @@ pub async fn run(args: EngagementArgs) -> anyhow::Result<()> {
         let token = signer.sign(&PortalClaims {
             tenant: args.tenant.clone(),
             plan_id: plan_id.clone(),
+            plan_version: 1,
             patient_id: patient.clone(),
             jti: format!("dev-{now}"),
             aud: PORTAL_AUDIENCE.into(),

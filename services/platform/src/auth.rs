@@ -398,6 +398,10 @@ pub const PORTAL_AUDIENCE: &str = "followup-portal";
 pub struct PortalClaims {
     pub tenant: String,
     pub plan_id: String,
+    /// The plan version the link was sent for (a revision is a new version); 0 from issuers that do not
+    /// set it.
+    #[serde(default)]
+    pub plan_version: i32,
     pub patient_id: String,
     /// Each send issues a fresh token; its id lets a re-send be told apart.
     pub jti: String,
@@ -574,6 +578,7 @@ mod tests {
         let claims = PortalClaims {
             tenant: "c1".into(),
             plan_id: "p1".into(),
+            plan_version: 2,
             patient_id: "pat-1".into(),
             jti: "j1".into(),
             aud: PORTAL_AUDIENCE.into(),

@@ -119,6 +119,7 @@ fn sign_link(signer: &Signer, tenant: &str, plan_id: uuid::Uuid) -> anyhow::Resu
     Ok(signer.sign(&PortalClaims {
         tenant: tenant.into(),
         plan_id: plan_id.to_string(),
+        plan_version: 1,
         patient_id: format!("patient-{}", plan_id.simple()),
         jti: uuid::Uuid::now_v7().to_string(),
         aud: PORTAL_AUDIENCE.into(),

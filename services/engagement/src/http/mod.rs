@@ -16,7 +16,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
 use bytes::Bytes;
 use followup_platform::auth::{AuthError, PortalVerifier};
 use followup_platform::event::{now_timestamp, timestamp};
@@ -26,7 +25,6 @@ use followup_proto::subjects::Event as _;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::{Message, Name};
-use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
@@ -141,7 +139,7 @@ impl Ingest {
             Error::Unauthenticated("token: it does not name a plan (plan_id is not a UUID)".into())
         })?;
         let portal = Portal {
-            plan_version: plan_version_claim(token),
+            plan_version: claims.plan_version,
             link: if claims.jti.is_empty() {
                 format!("{}:{}:{}", claims.tenant, claims.plan_id, claims.iat)
             } else {
@@ -259,27 +257,6 @@ fn jsonwebtoken_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The plan version a link was issued for: an optional `plan_version` claim of the (already verified)
-/// token; 0 when the issuer does not set it.
-fn plan_version_claim(token: &str) -> i32 {
-    #[derive(Deserialize)]
-    struct Versioned {
-        #[serde(default)]
-        plan_version: i32,
-    }
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<Versioned>(&json).ok())
-        .map(|v| v.plan_version)
         .unwrap_or(0)
 }
 
@@ -421,13 +398,5 @@ mod tests {
         }
         let err = parse_json(b"{").expect_err("syntax");
         assert!(matches!(err, Error::Invalid(v) if v[0].field == "body"));
-    }
-
-    #[test]
-    fn plan_version_is_read_when_present() {
-        let payload =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"plan_version":3}"#);
-        assert_eq!(plan_version_claim(&format!("h.{payload}.s")), 3);
-        assert_eq!(plan_version_claim("garbage"), 0);
     }
 }

@@ -155,6 +155,7 @@ pub fn portal_token(signer: &Signer, tenant: &str, plan_id: &str, ttl_secs: i64)
         .sign(&PortalClaims {
             tenant: tenant.into(),
             plan_id: plan_id.into(),
+            plan_version: 1,
             patient_id: "patient-1".into(),
             jti: uuid::Uuid::now_v7().to_string(),
             aud: PORTAL_AUDIENCE.into(),

@@ -93,15 +93,6 @@ pub struct ListRequest<'a> {
     pub page_size: usize,
 }
 
-/// A portal link's claims: the platform's, plus the version sent, which engagement reads to tag the
-/// beacons of this link (verifiers that do not know the claim ignore it).
-#[derive(serde::Serialize)]
-struct LinkClaims {
-    #[serde(flatten)]
-    claims: PortalClaims,
-    plan_version: i32,
-}
-
 const MAX_LINK_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl App {
@@ -466,17 +457,16 @@ impl App {
         let link_id = Uuid::now_v7().to_string();
         let token = self
             .signer
-            .sign(&LinkClaims {
-                claims: PortalClaims {
-                    tenant: plan.tenant_id.clone(),
-                    plan_id: plan.id.to_string(),
-                    patient_id: plan.patient_id.clone(),
-                    jti: link_id.clone(),
-                    aud: PORTAL_AUDIENCE.to_string(),
-                    iat: now.timestamp().max(0) as u64,
-                    exp: expire_time.timestamp().max(0) as u64,
-                },
+            .sign(&PortalClaims {
+                tenant: plan.tenant_id.clone(),
+                plan_id: plan.id.to_string(),
+                // Engagement tags the link's beacons with the version the patient was sent.
                 plan_version: plan.version,
+                patient_id: plan.patient_id.clone(),
+                jti: link_id.clone(),
+                aud: PORTAL_AUDIENCE.to_string(),
+                iat: now.timestamp().max(0) as u64,
+                exp: expire_time.timestamp().max(0) as u64,
             })
             .map_err(|e| PlansError::Internal(format!("signing a portal link: {e}")))?;
         let portal_url = format!("{}/p/{token}", self.portal_base());

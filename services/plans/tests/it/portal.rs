@@ -173,6 +173,7 @@ async fn every_token_failure_is_refused_without_data() {
     let claims = |plan: &str, patient: &str, exp: u64| PortalClaims {
         tenant: CLINIC.into(),
         plan_id: plan.into(),
+        plan_version: 1,
         patient_id: patient.into(),
         jti: "forged".into(),
         aud: PORTAL_AUDIENCE.into(),

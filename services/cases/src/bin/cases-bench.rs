@@ -18,6 +18,7 @@
 //!    engagement_updated, appointment.booked of seeded cases), starts the service again and times until
 //!    every consumer has acknowledged everything.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -671,6 +672,69 @@ async fn start_service(
     Ok(Service::build_with_clock(config, Arc::new(SystemClock)).await?)
 }
 
+/// CPU time (user + system) a process has used, from /proc (Linux; clock ticks of 1/100 s).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields we want follow its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU used so far by this process, the private nats-server, and the PostgreSQL backends serving the
+/// benchmark's database (those alive now).
+async fn cpu_snapshot(
+    pool: &PgPool,
+    db: &str,
+    nats_pid: u32,
+) -> anyhow::Result<BTreeMap<String, Duration>> {
+    let mut snapshot = BTreeMap::new();
+    if let Some(cpu) = process_cpu(std::process::id()) {
+        snapshot.insert("service (in-process)".to_string(), cpu);
+    }
+    if let Some(cpu) = process_cpu(nats_pid) {
+        snapshot.insert("nats-server".to_string(), cpu);
+    }
+    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(db)
+        .fetch_all(pool)
+        .await?;
+    for pid in pids {
+        if let Some(cpu) = process_cpu(pid as u32) {
+            snapshot.insert(format!("postgres {pid}"), cpu);
+        }
+    }
+    Ok(snapshot)
+}
+
+/// CPU used between two snapshots, per part (service, nats, postgres backends summed).
+fn cpu_used(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<&'static str, Duration> {
+    let mut used = BTreeMap::new();
+    for (name, end) in after {
+        let start = before.get(name).copied().unwrap_or_default();
+        let part = if name.starts_with("postgres") {
+            "postgres backends"
+        } else if name.starts_with("nats") {
+            "nats-server"
+        } else {
+            "service"
+        };
+        *used.entry(part).or_insert(Duration::ZERO) += end.saturating_sub(start);
+    }
+    used
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory = std::fs::read_to_string("/proc/meminfo")
@@ -705,6 +769,32 @@ async fn main() -> anyhow::Result<()> {
     let env = TestEnv::start().await;
     let pool = PgPool::connect(&env.db.url).await?;
     followup_platform::db::migrate(&pool, &MIGRATOR).await?;
+    if std::env::var("CASES_BENCH_EXPLAIN").is_ok() {
+        for sql in [
+            format!(
+                "ALTER DATABASE \"{}\" SET session_preload_libraries = 'auto_explain'",
+                env.db.name
+            ),
+            format!(
+                "ALTER DATABASE \"{}\" SET auto_explain.log_min_duration = 30",
+                env.db.name
+            ),
+            format!(
+                "ALTER DATABASE \"{}\" SET auto_explain.log_analyze = on",
+                env.db.name
+            ),
+            format!(
+                "ALTER DATABASE \"{}\" SET auto_explain.log_buffers = on",
+                env.db.name
+            ),
+            format!(
+                "ALTER DATABASE \"{}\" SET auto_explain.log_nested_statements = on",
+                env.db.name
+            ),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+        }
+    }
     let pg: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await?;
@@ -749,13 +839,42 @@ async fn main() -> anyhow::Result<()> {
         let cases_before: i64 = sqlx::query_scalar("SELECT count(*) FROM cases")
             .fetch_one(&pool)
             .await?;
+        let load_before = load_average();
         let started = Instant::now();
         let running = start_service(&env, &args).await?;
-        while !drained(&js).await? {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let cpu_before = cpu_snapshot(&pool, &env.db.name, env.nats.pid()).await?;
+        let mut cpu_after = cpu_before.clone();
+        loop {
+            // Sampled while the backends are alive: a backend's CPU is gone with it.
+            cpu_after = cpu_snapshot(&pool, &env.db.name, env.nats.pid())
+                .await
+                .unwrap_or(cpu_after);
+            if drained(&js).await? {
+                break;
+            }
+            // Asking NATS 2.9 for a filtered consumer's pending count walks the stream: ask rarely.
+            tokio::time::sleep(Duration::from_millis(
+                std::env::var("CASES_BENCH_POLL_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000),
+            ))
+            .await;
         }
         let elapsed = started.elapsed();
+        let load_after = load_average();
         let _ = running.stop().await;
+        let used = cpu_used(&cpu_before, &cpu_after);
+        let total: Duration = used.values().sum();
+        println!(
+            "CPU used: {} — {:.0} µs per event; {:.0} events per CPU-second (load average before {load_before}, after {load_after})",
+            used.iter()
+                .map(|(part, d)| format!("{part} {:.1} s", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            total.as_secs_f64() * 1e6 / events.len() as f64,
+            events.len() as f64 / total.as_secs_f64().max(1e-9),
+        );
         let cases_after: i64 = sqlx::query_scalar("SELECT count(*) FROM cases")
             .fetch_one(&pool)
             .await?;

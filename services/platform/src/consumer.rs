@@ -27,7 +27,7 @@ use crate::jetstream::{ConsumerSpec, deadletter_subject, ensure_consumer};
 use crate::metrics::{ConsumerLabels, Metrics, OutcomeLabels};
 use crate::outbox::OutboxError;
 use crate::shutdown::Shutdown;
-use crate::telemetry::{NatsHeadersRef, set_parent_from};
+use crate::telemetry::{NatsHeadersRef, add_link_from, set_parent_from};
 
 /// Header of a dead-lettered message: why it was refused.
 pub const DEADLETTER_REASON: &str = "Followup-Deadletter-Reason";
@@ -372,6 +372,19 @@ impl<H: Handler> Consumer<H> {
                 consumer = %self.spec.durable,
                 events = apply.len(),
             );
+            // A batch of one continues its event's trace, as the unbatched path does; a larger batch
+            // serves several traces, so it links to each instead of picking a parent.
+            if let [only] = apply.as_slice() {
+                if let Some(headers) = &only.headers {
+                    set_parent_from(&span, &NatsHeadersRef(headers));
+                }
+            } else {
+                for envelope in &apply {
+                    if let Some(headers) = &envelope.headers {
+                        add_link_from(&span, &NatsHeadersRef(headers));
+                    }
+                }
+            }
             self.handler
                 .handle_batch(&mut tx, &apply)
                 .instrument(span)

@@ -126,6 +126,17 @@ pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
     let _ = span.set_parent(cx);
 }
 
+/// Links `span` to the trace context found in a carrier, when there is one: for work that serves several
+/// traces at once (a batch of events), where no single one can be the parent.
+pub fn add_link_from(span: &tracing::Span, carrier: &dyn Extractor) {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = propagator().extract(carrier);
+    let linked = cx.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 /// The current trace id, hex, for log lines and error references; all zeros outside any trace.
 pub fn current_trace_id() -> String {
     use opentelemetry::trace::TraceContextExt;

@@ -210,6 +210,8 @@ pub struct System {
     portal_signer: Signer,
     pub sink: Sink,
     procs: BTreeMap<Svc, Proc>,
+    /// One lazily connecting channel per service, shared by every client (one HTTP/2 connection).
+    channels: BTreeMap<Svc, tonic::transport::Channel>,
 }
 
 /// How long a service may take from spawn to ready (migrations on a fresh database included).
@@ -274,6 +276,7 @@ impl System {
             portal_signer,
             sink,
             procs: BTreeMap::new(),
+            channels: BTreeMap::new(),
         };
         for svc in Svc::ALL {
             let ports = Ports {
@@ -285,6 +288,14 @@ impl System {
                 },
             };
             let config = system.write_config(svc, ports, &options)?;
+            let channel = tonic::transport::Endpoint::from_shared(format!(
+                "http://127.0.0.1:{}",
+                ports.grpc
+            ))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(20))
+            .connect_lazy();
+            system.channels.insert(svc, channel);
             system.procs.insert(
                 svc,
                 Proc {
@@ -335,12 +346,13 @@ impl System {
         format!("http://127.0.0.1:{}", self.ports(svc).grpc)
     }
 
-    /// A lazily connecting gRPC channel, which reconnects by itself after a restart.
+    /// The service's gRPC channel: it connects lazily, reconnects by itself after a restart, and is
+    /// shared by every clone (calls are multiplexed on one HTTP/2 connection).
     pub fn channel(&self, svc: Svc) -> anyhow::Result<tonic::transport::Channel> {
-        Ok(tonic::transport::Endpoint::from_shared(self.grpc_url(svc))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(20))
-            .connect_lazy())
+        self.channels
+            .get(&svc)
+            .cloned()
+            .with_context(|| format!("no channel to {svc}"))
     }
 
     pub fn admin_addr(&self, svc: Svc) -> SocketAddr {
@@ -376,6 +388,7 @@ impl System {
         Ok(self.portal_signer.sign(&PortalClaims {
             tenant: tenant.into(),
             plan_id: plan_id.into(),
+            plan_version: 1,
             patient_id: patient_id.into(),
             jti: uuid::Uuid::now_v7().to_string(),
             aud: PORTAL_AUDIENCE.into(),
@@ -471,7 +484,12 @@ impl System {
             let log = nats.log_path().to_path_buf();
             nats.stop().await?;
             self.infra_restarts += 1;
-            keep_copy(&log, self.infra_restarts)?;
+            keep_copy(
+                &log,
+                &self.dir.join("logs"),
+                "nats-server",
+                self.infra_restarts,
+            )?;
         }
         Ok(())
     }
@@ -489,7 +507,12 @@ impl System {
             let log = postgres.log_path().to_path_buf();
             postgres.stop().await?;
             self.infra_restarts += 1;
-            keep_copy(&log, self.infra_restarts)?;
+            keep_copy(
+                &log,
+                &self.dir.join("logs"),
+                "postgres",
+                self.infra_restarts,
+            )?;
         }
         Ok(())
     }
@@ -756,14 +779,11 @@ async fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.wait().await;
 }
 
-/// Keeps the log of a server that is about to be restarted (the server rewrites it at start).
-fn keep_copy(log: &Path, n: u32) -> anyhow::Result<()> {
+/// Keeps the log of a server that was stopped (it rewrites its log when started again) in the run's
+/// log folder, as `<name>.stop<n>.log`.
+fn keep_copy(log: &Path, logs: &Path, name: &str, n: u32) -> anyhow::Result<()> {
     if log.is_file() {
-        let name = log
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("server.log");
-        let copy = log.with_file_name(format!("{name}.{n}"));
+        let copy = logs.join(format!("{name}.stop{n}.log"));
         std::fs::copy(log, &copy)
             .with_context(|| format!("keeping a copy of {}", log.display()))?;
     }

@@ -223,9 +223,14 @@ impl Beacons {
 
     /// One POST; the status, or an error when nothing answered.
     pub async fn post(&self, body: &serde_json::Value) -> anyhow::Result<u16> {
+        self.post_raw(Bytes::from(body.to_string())).await
+    }
+
+    /// One POST of a body already in JSON.
+    pub async fn post_raw(&self, body: Bytes) -> anyhow::Result<u16> {
         let request = http::Request::post(format!("http://{}/v1/beacons", self.addr))
             .header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8")
-            .body(Full::new(Bytes::from(body.to_string())))?;
+            .body(Full::new(body))?;
         let response = tokio::time::timeout(Duration::from_secs(10), self.http.request(request))
             .await
             .context("the beacon ingest did not answer within 10 s")??;

@@ -684,20 +684,20 @@ fn print_case(response: &pb::GetCaseResponse, zone: chrono_tz::Tz) {
         ),
         (
             "Sections",
-            c.section_times
-                .iter()
-                .map(|s| {
-                    let name = followup_cases::domain::vocab::Section::from_number(s.section)
-                        .map_or("other", |s| s.words());
-                    let secs = s.view_time.as_ref().map_or(0, |d| d.seconds);
-                    format!("{name} {}:{:02}", secs / 60, secs % 60)
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-                .chars()
-                .collect::<String>()
-                .trim()
-                .to_string(),
+            if c.section_times.is_empty() {
+                "-".to_string()
+            } else {
+                c.section_times
+                    .iter()
+                    .map(|s| {
+                        let name = followup_cases::domain::vocab::Section::from_number(s.section)
+                            .map_or("other", |s| s.words());
+                        let secs = s.view_time.as_ref().map_or(0, |d| d.seconds);
+                        format!("{name} {}:{:02}", secs / 60, secs % 60)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         ),
         ("Approved", when(c.patient_approve_time, zone)),
         ("Last reply", when(c.last_reply_time, zone)),

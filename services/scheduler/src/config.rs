@@ -8,6 +8,31 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     pub timer: TimerSettings,
     pub notifications: NotificationsSettings,
+    pub claim_links: ClaimLinkSettings,
+}
+
+/// The signed links in slot offers, and the HTTP edge that answers them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimLinkSettings {
+    /// Where the claim page listens (e.g. `0.0.0.0:8083`; port 0 picks a free one). Unset = no claim
+    /// page and no links in offers: patients claim by replying YES (the dev stack sets it).
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// How patients reach `http_addr` (the links start with it), e.g. `https://book.clinic.example`.
+    pub public_base_url: String,
+    /// The HMAC key of the links (secret). Empty = a random key per start: links then die with the
+    /// process and differ between replicas — set it in production.
+    pub signing_key: followup_platform::config::Secret,
+}
+
+impl Default for ClaimLinkSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: None,
+            public_base_url: "http://localhost:8083".into(),
+            signing_key: Default::default(),
+        }
+    }
 }
 
 /// Where the notifications service answers (previews read its quiet hours and cap and render its

@@ -12,6 +12,8 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod links;
 pub mod notify;
 pub mod replay;
 pub mod seed;
@@ -22,7 +24,7 @@ pub mod timer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use followup_platform::service::{Platform, Running, ServiceInfo, StartError};
+use followup_platform::service::{HttpServer, Platform, Running, ServiceInfo, StartError};
 use sqlx::migrate::Migrator;
 
 pub use config::{Config, Settings};
@@ -58,7 +60,24 @@ impl Service {
             ));
         }
         let platform = Platform::start(INFO, config.common, &MIGRATOR).await?;
-        let store = storage::Store::new(clock);
+        let mut store = storage::Store::new(clock);
+        if own.claim_links.http_addr.is_some() {
+            let key = if own.claim_links.signing_key.is_empty() {
+                tracing::warn!(
+                    "claim_links.signing_key is not set: offer links use a random key and stop working on restart"
+                );
+                followup_platform::auth::KeyPair::generate()
+                    .map_err(|e| StartError::Other(format!("claim link key: {e}")))?
+                    .private_pem
+                    .into_bytes()
+            } else {
+                own.claim_links.signing_key.expose().as_bytes().to_vec()
+            };
+            store.links = Some(Arc::new(links::ClaimLinks::new(
+                &own.claim_links.public_base_url,
+                &key,
+            )));
+        }
         for spec in consumers::specs() {
             platform
                 .consume(
@@ -92,6 +111,20 @@ impl Service {
                 Duration::from_millis(own.notifications.timeout_ms.max(1)),
             ),
         };
-        platform.serve(grpc::services(auth, api), vec![]).await
+        let pages = http::ClaimPages {
+            pool: platform.pool.clone(),
+            store: api.store.clone(),
+        };
+        let http = own
+            .claim_links
+            .http_addr
+            .map(|addr| HttpServer {
+                name: "claims",
+                addr,
+                router: http::router(pages),
+            })
+            .into_iter()
+            .collect();
+        platform.serve(grpc::services(auth, api), http).await
     }
 }

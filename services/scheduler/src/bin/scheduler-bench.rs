@@ -443,6 +443,7 @@ async fn phase_hot(args: &Args, dbs: &mut Databases, nats: &LocalNats) -> anyhow
         .set("nats_url", nats.url())
         .set("grpc_addr", "127.0.0.1:0")
         .set("admin_addr", "127.0.0.1:0")
+        .set("claim_links.http_addr", "127.0.0.1:0")
         .set("auth.jwt_public_keys", vec![keys.public_pem.clone()])
         .set("log.filter", "warn");
     let config = ServiceConfig::load(

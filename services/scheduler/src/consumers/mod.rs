@@ -24,7 +24,7 @@ use crate::storage::enroll::{self, Contact, Enrolled, PlayingRule, Triggered};
 use crate::storage::facts::{self, AppointmentState, PatientTime};
 use crate::storage::stop::{self, Cause, Scope};
 use crate::storage::timers::{self, Timer};
-use crate::storage::{Store, settings};
+use crate::storage::{Store, settings, waitlist};
 
 /// The durable consumers of the service.
 pub fn specs() -> Vec<ConsumerSpec> {
@@ -69,17 +69,19 @@ impl Events {
             }
             "appointment.booked" => {
                 let b: ev::AppointmentBooked = e.decode()?;
-                let a = b.appointment.unwrap_or_default();
+                let a = b.appointment.clone().unwrap_or_default();
                 facts::lock_patient(conn, tenant, &a.patient_id).await?;
                 self.booked(conn, tenant, &a, &b.rescheduled_from_appointment_id, e)
                     .await?;
+                waitlist::on_booked(&self.store, conn, tenant, &b).await?;
             }
             "appointment.cancelled" => {
                 let c: ev::AppointmentCancelled = e.decode()?;
-                let a = c.appointment.unwrap_or_default();
+                let a = c.appointment.clone().unwrap_or_default();
                 facts::lock_patient(conn, tenant, &a.patient_id).await?;
                 facts::appointment(conn, tenant, &a, AppointmentState::Cancelled, at, "").await?;
                 self.cancelled(conn, tenant, &a, e).await?;
+                waitlist::on_cancelled(&self.store, conn, tenant, &c).await?;
             }
             "appointment.no_show" => {
                 let n: ev::AppointmentNoShow = e.decode()?;
@@ -244,6 +246,7 @@ impl Events {
                     |_| true,
                 )
                 .await?;
+                waitlist::on_reply(&self.store, conn, tenant, &r).await?;
             }
             "notifications.contact_opted_out" => {
                 let o: ev::ContactOptedOut = e.decode()?;
@@ -280,6 +283,13 @@ impl Events {
                     |def: &RuleDef| enrollment::opt_out_stops(def, &o.category, channel),
                 )
                 .await?;
+                waitlist::on_opted_out(conn, tenant, &o).await?;
+            }
+            "waitlist_entry.upserted" => {
+                let w: ev::WaitlistEntryUpserted = e.decode()?;
+                if let Some(entry) = waitlist::entry_from_event(&w, at) {
+                    waitlist::upsert_entry(conn, tenant, &entry, self.store.now()).await?;
+                }
             }
             "notifications.contact_opted_in" => {
                 let o: ev::ContactOptedIn = e.decode()?;
@@ -333,8 +343,8 @@ impl Events {
                 let t: ev::TaskCreated = e.decode()?;
                 facts::step_outcome(conn, tenant, &t.idempotency_key, "task created", at).await?;
             }
-            // Staff records, inbound messages (notifications reads them), waitlist entries (the waitlist),
-            // digests and the rest: nothing for rules.
+            // Staff records, inbound messages (notifications reads them), digests and the rest: nothing
+            // for rules or the waitlist.
             _ => {}
         }
         Ok(())

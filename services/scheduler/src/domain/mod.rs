@@ -10,6 +10,7 @@ pub mod pacing;
 pub mod preview;
 pub mod rule;
 pub mod schedule;
+pub mod waitlist;
 
 use std::fmt;
 

@@ -2,6 +2,9 @@
 //! backtest in `dryrun`) and `followup.scheduler.v1.WaitlistService`.
 
 mod dryrun;
+mod waitlist;
+
+pub use waitlist::WaitlistServiceApi;
 
 use base64::Engine as _;
 use followup_platform::auth::{Authenticator, Caller, Role, caller};
@@ -10,9 +13,7 @@ use followup_proto::followup::scheduler::v1 as pb;
 use followup_proto::followup::scheduler::v1::scheduler_service_server::{
     SchedulerService, SchedulerServiceServer,
 };
-use followup_proto::followup::scheduler::v1::waitlist_service_server::{
-    WaitlistService, WaitlistServiceServer,
-};
+use followup_proto::followup::scheduler::v1::waitlist_service_server::WaitlistServiceServer;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -27,10 +28,14 @@ use crate::templates;
 
 /// Every API of the service, each behind the JWT interceptor.
 pub fn services(auth: Authenticator, api: SchedulerServiceApi) -> GrpcServices {
+    let waitlist = WaitlistServiceApi {
+        pool: api.pool.clone(),
+        store: api.store.clone(),
+    };
     GrpcServices::new()
         .with(SchedulerServiceServer::with_interceptor(api, auth.clone()))
         .with(WaitlistServiceServer::with_interceptor(
-            WaitlistServiceApi,
+            waitlist,
             auth.clone(),
         ))
 }
@@ -709,11 +714,3 @@ impl SchedulerService for SchedulerServiceApi {
         }))
     }
 }
-
-/// `followup.scheduler.v1.WaitlistService`: refilling cancelled slots comes with a later issue; until
-/// then every RPC answers UNIMPLEMENTED (the generated defaults).
-#[derive(Clone)]
-pub struct WaitlistServiceApi;
-
-#[tonic::async_trait]
-impl WaitlistService for WaitlistServiceApi {}

@@ -463,7 +463,7 @@ pub async fn plan_sent(
         "UPDATE cases SET name = $4, sent_at = $5, issue_date = $6, expiry_date = $7,
              max_sessions = $8, sessions_done = GREATEST(sessions_done, $9),
              value_minor = $10, value_currency = $11, invoiceable_minor = $10, invoiceable_currency = $11,
-             portal_url = $12, record_at = $13, updated_at = now()
+             portal_url = $12, record_at = $13, visit_practitioners = $14, updated_at = now()
          WHERE tenant_id = $1 AND case_kind = $2 AND case_id = $3
            AND (record_at IS NULL OR record_at <= $13)",
     )
@@ -480,6 +480,7 @@ pub async fn plan_sent(
     .bind(value_currency)
     .bind(&e.portal_url)
     .bind(at)
+    .bind(visit_practitioners(&e.items))
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -500,6 +501,21 @@ pub async fn plan_sent(
         CaseStatus::SentNotViewed
     };
     presentation_status(conn, &e.tenant_id, &e.plan_id, &e.patient_id, status, at).await
+}
+
+/// The practitioners of each visit of a plan, `{"1": ["dr-ana"]}` (items with no visit are left out).
+fn visit_practitioners(items: &[ev::PlanItemSummary]) -> serde_json::Value {
+    let mut visits: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for item in items
+        .iter()
+        .filter(|i| i.visit > 0 && !i.practitioner_id.is_empty())
+    {
+        let list = visits.entry(item.visit.to_string()).or_default();
+        if !list.contains(&item.practitioner_id) {
+            list.push(item.practitioner_id.clone());
+        }
+    }
+    serde_json::to_value(visits).unwrap_or_default()
 }
 
 pub async fn owner(

@@ -11,6 +11,7 @@ pub mod rules;
 pub mod settings;
 pub mod stop;
 pub mod timers;
+pub mod waitlist;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -105,6 +106,8 @@ pub async fn load_version(
 pub struct Store {
     pub clock: Arc<dyn Clock>,
     pub rules: RuleCache,
+    /// Signs the claim links of slot offers; None = offers carry no link (claims by reply or staff).
+    pub links: Option<Arc<crate::links::ClaimLinks>>,
 }
 
 impl Store {
@@ -112,6 +115,7 @@ impl Store {
         Self {
             clock,
             rules: RuleCache::default(),
+            links: None,
         }
     }
 

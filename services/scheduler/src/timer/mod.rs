@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
 use crate::error::Result;
-use crate::storage::{Store, WAKE_CHANNEL, fire, timers};
+use crate::storage::{Store, WAKE_CHANNEL, fire, timers, waitlist};
 use followup_platform::metrics::Metrics;
 use followup_platform::shutdown::Shutdown;
 
@@ -77,6 +77,7 @@ pub struct TimerWorker {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Round {
     pub steps: fire::Fired,
+    /// Trigger timers and waitlist slots (batches, cut-offs) claimed.
     pub timers: usize,
 }
 
@@ -137,7 +138,13 @@ impl TimerWorker {
         let timers = timers::fire_due(&self.store, &mut tx, self.batch_size).await?;
         tx.commit().await?;
         self.metrics.timers_fired.inc_by(timers as u64);
-        Ok(Round { steps, timers })
+        let mut tx = self.pool.begin().await?;
+        let slots = waitlist::fire_due(&self.store, &mut tx, self.batch_size).await?;
+        tx.commit().await?;
+        Ok(Round {
+            steps,
+            timers: timers + slots,
+        })
     }
 
     /// Until the earliest due step or timer, at most the poll interval.
@@ -146,7 +153,8 @@ impl TimerWorker {
             let mut conn = self.pool.acquire().await?;
             let steps = fire::next_due(&mut conn).await?;
             let timers = timers::next_due(&mut conn).await?;
-            Ok::<_, crate::error::Error>(steps.into_iter().chain(timers).min())
+            let slots = waitlist::next_due(&mut conn).await?;
+            Ok::<_, crate::error::Error>(steps.into_iter().chain(timers).chain(slots).min())
         };
         match next.await {
             Ok(Some(next)) => {

@@ -20,6 +20,7 @@ fn spawn(env: &TestEnv, key_file: &std::path::Path) -> Child {
         .env("FOLLOWUP_SCHEDULER__NATS_URL", env.nats.url())
         .env("FOLLOWUP_SCHEDULER__GRPC_ADDR", "127.0.0.1:0")
         .env("FOLLOWUP_SCHEDULER__ADMIN_ADDR", "127.0.0.1:0")
+        .env("FOLLOWUP_SCHEDULER__CLAIM_LINKS__HTTP_ADDR", "127.0.0.1:0")
         .env(
             "FOLLOWUP_SCHEDULER__AUTH__JWT_PUBLIC_KEY_FILES",
             format!("[\"{}\"]", key_file.display()),

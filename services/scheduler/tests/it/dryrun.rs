@@ -593,7 +593,12 @@ async fn a_backtest_during_live_traffic_changes_nothing_live() {
     let s = Scheduler::start().await;
     s.clock.set(Utc::now());
     let began = Utc::now() - Duration::seconds(1);
-    publish_fixture(&s).await;
+    let fixture = publish_fixture(&s).await as i64;
+    // The history is consumed before the live rule plays: only the live traffic below enrolls in it.
+    eventually("the history is consumed", || async {
+        s.count("SELECT count(*) FROM inbox").await == fixture
+    })
+    .await;
     // A live rule that sends at once on plan_sent; the draft backtested is another.
     let mut live = quick_rule();
     live.name = "Live".into();

@@ -7,3 +7,4 @@ mod stops;
 mod support;
 mod timer;
 mod triggers;
+mod waitlist;

@@ -31,6 +31,10 @@ pub fn settings() -> Settings {
     settings.timer.poll_interval_ms = 25;
     // No notifications service unless a test starts one.
     settings.notifications.addr = String::new();
+    settings.claim_links.http_addr = Some("127.0.0.1:0".parse().expect("an address"));
+    settings.claim_links.public_base_url = "http://claims.test".into();
+    settings.claim_links.signing_key =
+        followup_platform::config::Secret::new("test-claim-key-0123456789");
     settings
 }
 

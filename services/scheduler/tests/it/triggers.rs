@@ -629,7 +629,9 @@ async fn facts_are_idempotent_and_events_out_of_order_change_nothing_backwards()
     // "Reaches us before": applied before the no-show is published, since the consumer's workers may
     // otherwise take the two in either order (and a no-show seen first rightly starts its recovery).
     eventually("the booking is applied", || async {
-        s.count("SELECT count(*) FROM appointments WHERE appointment_id = 'appt-new'").await == 1
+        s.count("SELECT count(*) FROM appointments WHERE appointment_id = 'appt-new'")
+            .await
+            == 1
     })
     .await;
     let no_show_event = ev::AppointmentNoShow {

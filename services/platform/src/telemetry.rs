@@ -126,6 +126,21 @@ pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
     let _ = span.set_parent(cx);
 }
 
+/// The current span's W3C `traceparent`, to store beside work a worker picks up later (a timer's pending
+/// step, a queued message), so that the worker continues the same trace with [`continue_trace`].
+pub fn current_traceparent() -> Option<String> {
+    let mut carrier = std::collections::HashMap::new();
+    inject_current(&mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of a stored `traceparent` (see [`current_traceparent`]).
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    set_parent_from(span, &carrier);
+}
+
 /// Links `span` to the trace context found in a carrier, when there is one: for work that serves several
 /// traces at once (a batch of events), where no single one can be the parent.
 pub fn add_link_from(span: &tracing::Span, carrier: &dyn Extractor) {
@@ -261,6 +276,19 @@ mod tests {
             let server = tracing::info_span!("serve");
             set_parent_from(&server, &HttpHeadersRef(&headers));
             assert_eq!(trace_id(&client), trace_id(&server));
+        });
+    }
+
+    #[test]
+    fn a_trace_continues_from_a_stored_traceparent() {
+        with_tracing(|| {
+            let enrolled = tracing::info_span!("enroll");
+            let stored = enrolled
+                .in_scope(current_traceparent)
+                .expect("a span has a traceparent");
+            let fired = tracing::info_span!("fire_step");
+            continue_trace(&fired, &stored);
+            assert_eq!(trace_id(&enrolled), trace_id(&fired));
         });
     }
 

@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 
 use crate::keys::{DEV_TENANT, DevKeys};
 
+mod dryrun;
+
 #[derive(Args)]
 pub struct RulesArgs {
     /// The scheduler service's gRPC address.
@@ -146,6 +148,63 @@ enum RulesCommand {
         /// Staff id tasks go to when neither the case nor the rule has an owner.
         #[arg(long)]
         default_owner: Option<String>,
+    },
+    /// What a rule (id, name, or a proto3 JSON file of a draft) would do to a case: whether it enrolls,
+    /// each step's local time after quiet hours, and the messages as notifications would render them.
+    Preview {
+        rule: String,
+        /// The case: a plan id (UUID), else a care case id.
+        #[arg(long = "case")]
+        case_id: String,
+        /// When the trigger fires (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Replays past events through a rule (id, name, or a proto3 JSON file of a draft) in a dry run
+    /// and reports what it would have done. Ctrl-C cancels.
+    Backtest {
+        rule: String,
+        /// How far back: 30d, 12h, 90m.
+        #[arg(long, default_value = "1d")]
+        since: String,
+        /// Stop after this many events (0 = the service's default, 1,000,000).
+        #[arg(long, default_value_t = 0)]
+        max_events: i64,
+        /// Actions to list at the end.
+        #[arg(long, default_value_t = 20)]
+        sample: i32,
+    },
+    /// Puts a patient on the waitlist for an earlier appointment.
+    WaitlistAdd {
+        patient: String,
+        /// Appointment length needed, minutes.
+        #[arg(long, default_value_t = 30)]
+        minutes: i64,
+        /// Comma-separated practitioners accepted (default any).
+        #[arg(long, value_delimiter = ',')]
+        practitioners: Vec<String>,
+        /// The plan the visit belongs to.
+        #[arg(long, default_value = "")]
+        plan: String,
+    },
+    /// The waitlist, oldest first.
+    Waitlist,
+    /// Cancelled slots being offered (or that were), newest first.
+    Slots,
+    /// One slot with its offers in rank order.
+    Slot { slot: String },
+    /// Claims an offer for its patient (e.g. on the phone).
+    Claim { offer: String },
+    /// Shows the clinic's refill settings, or changes the ones given.
+    RefillSettings {
+        #[arg(long)]
+        batch_size: Option<i32>,
+        #[arg(long)]
+        interval_minutes: Option<i64>,
+        #[arg(long)]
+        cutoff_minutes: Option<i64>,
+        #[arg(long)]
+        enabled: Option<bool>,
     },
     /// Publishes an event as its producer would: KIND is its subject tail (`plans.plan_sent`,
     /// `appointment.booked`, `enquiry.created`, ...), JSON its fields in proto3 JSON; event_id,
@@ -1004,6 +1063,223 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             );
         }
         RulesCommand::Publish { .. } => {}
+        RulesCommand::Preview { rule, case_id, at } => {
+            dryrun::preview(&mut c, &rule, &case_id, at.as_deref()).await?;
+        }
+        RulesCommand::Backtest {
+            rule,
+            since,
+            max_events,
+            sample,
+        } => {
+            dryrun::backtest(&mut c, &rule, &since, max_events, sample).await?;
+        }
+        RulesCommand::WaitlistAdd {
+            patient,
+            minutes,
+            practitioners,
+            plan,
+        } => {
+            let mut w = dryrun::waitlist(&args.addr).await?;
+            let entry = w
+                .create_waitlist_entry(request(
+                    pb::CreateWaitlistEntryRequest {
+                        entry: Some(pb::WaitlistEntry {
+                            patient_id: patient,
+                            duration: Some(prost_types::Duration {
+                                seconds: minutes * 60,
+                                nanos: 0,
+                            }),
+                            practitioner_ids: practitioners,
+                            plan_id: plan,
+                            ..Default::default()
+                        }),
+                    },
+                    &t,
+                )?)
+                .await
+                .map_err(status)?
+                .into_inner()
+                .entry
+                .unwrap_or_default();
+            println!(
+                "{}  {} waits for {} ({} min)",
+                entry.waitlist_entry_id,
+                entry.patient_id,
+                if entry.practitioner_ids.is_empty() {
+                    "any practitioner".to_string()
+                } else {
+                    entry.practitioner_ids.join(", ")
+                },
+                minutes
+            );
+        }
+        RulesCommand::Waitlist => {
+            let mut w = dryrun::waitlist(&args.addr).await?;
+            let entries = w
+                .list_waitlist_entries(request(
+                    pb::ListWaitlistEntriesRequest {
+                        page_size: 500,
+                        ..Default::default()
+                    },
+                    &t,
+                )?)
+                .await
+                .map_err(status)?
+                .into_inner()
+                .entries;
+            println!(
+                "{:<36}  {:<16} {:>5}  {:<12} practitioners",
+                "entry", "patient", "min", "source"
+            );
+            for e in entries {
+                println!(
+                    "{:<36}  {:<16} {:>5}  {:<12} {}",
+                    e.waitlist_entry_id,
+                    e.patient_id,
+                    e.duration.map(|d| d.seconds / 60).unwrap_or(0),
+                    e.source,
+                    if e.practitioner_ids.is_empty() {
+                        "any".to_string()
+                    } else {
+                        e.practitioner_ids.join(",")
+                    }
+                );
+            }
+        }
+        RulesCommand::Slots => {
+            let mut w = dryrun::waitlist(&args.addr).await?;
+            let slots = w
+                .list_open_slots(request(
+                    pb::ListOpenSlotsRequest {
+                        page_size: 100,
+                        ..Default::default()
+                    },
+                    &t,
+                )?)
+                .await
+                .map_err(status)?
+                .into_inner()
+                .slots;
+            println!(
+                "{:<36}  {:<13} {:<18} {:>6} {:>10}  cancelled appointment",
+                "slot", "state", "starts", "offers", "candidates"
+            );
+            for slot in slots {
+                println!(
+                    "{:<36}  {:<13} {:<18} {:>6} {:>10}  {}",
+                    slot.slot_id,
+                    dryrun::slot_state(slot.state),
+                    time(&slot.slot.as_ref().and_then(|x| x.start_time)),
+                    slot.offers_sent,
+                    slot.candidate_count,
+                    slot.cancelled_appointment_id
+                );
+            }
+        }
+        RulesCommand::Slot { slot } => {
+            let mut w = dryrun::waitlist(&args.addr).await?;
+            let answer = w
+                .get_open_slot(request(pb::GetOpenSlotRequest { slot_id: slot }, &t)?)
+                .await
+                .map_err(status)?
+                .into_inner();
+            let s = answer.slot.unwrap_or_default();
+            let spec = s.slot.clone().unwrap_or_default();
+            println!(
+                "{}  {}  starts {} ({}) with {}",
+                s.slot_id,
+                dryrun::slot_state(s.state),
+                time(&spec.start_time),
+                duration(&spec.duration),
+                spec.practitioner_id
+            );
+            for o in answer.offers {
+                println!(
+                    "  {:>3}  batch {:<2} {:<36}  {:<16} {:<10} sent {}",
+                    o.rank,
+                    o.batch,
+                    o.slot_offer_id,
+                    o.patient_id,
+                    dryrun::offer_state(o.state),
+                    time(&o.send_time)
+                );
+            }
+        }
+        RulesCommand::Claim { offer } => {
+            let mut w = dryrun::waitlist(&args.addr).await?;
+            let answer = w
+                .claim_slot_offer(request(
+                    pb::ClaimSlotOfferRequest {
+                        slot_offer_id: offer,
+                    },
+                    &t,
+                )?)
+                .await
+                .map_err(status)?
+                .into_inner();
+            let o = answer.offer.unwrap_or_default();
+            println!("claimed for {}: slot_claimed published", o.patient_id);
+        }
+        RulesCommand::RefillSettings {
+            batch_size,
+            interval_minutes,
+            cutoff_minutes,
+            enabled,
+        } => {
+            let mut w = dryrun::waitlist(&args.addr).await?;
+            let minutes = |m: i64| prost_types::Duration {
+                seconds: m * 60,
+                nanos: 0,
+            };
+            let mut paths = Vec::new();
+            let mut settings = pb::WaitlistSettings::default();
+            if let Some(n) = batch_size {
+                settings.batch_size = n;
+                paths.push("batch_size".to_string());
+            }
+            if let Some(m) = interval_minutes {
+                settings.batch_interval = Some(minutes(m));
+                paths.push("batch_interval".to_string());
+            }
+            if let Some(m) = cutoff_minutes {
+                settings.cutoff = Some(minutes(m));
+                paths.push("cutoff".to_string());
+            }
+            if let Some(on) = enabled {
+                settings.enabled = on;
+                paths.push("enabled".to_string());
+            }
+            let shown = if paths.is_empty() {
+                w.get_waitlist_settings(request(pb::GetWaitlistSettingsRequest {}, &t)?)
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .settings
+            } else {
+                w.update_waitlist_settings(request(
+                    pb::UpdateWaitlistSettingsRequest {
+                        settings: Some(settings),
+                        update_mask: Some(prost_types::FieldMask { paths }),
+                    },
+                    &t,
+                )?)
+                .await
+                .map_err(status)?
+                .into_inner()
+                .settings
+            }
+            .unwrap_or_default();
+            println!(
+                "enabled {}  batches of {} every {}  cut-off {} before the start  templates {} / {}",
+                shown.enabled,
+                shown.batch_size,
+                duration(&shown.batch_interval),
+                duration(&shown.cutoff),
+                shown.offer_template_key,
+                shown.taken_template_key
+            );
+        }
     }
     Ok(())
 }

@@ -97,6 +97,18 @@ pub async fn start(
         }
         "scheduler" => {
             let info = followup_scheduler::INFO;
+            // Slot offers carry a claim link answered on 8083; the dev keys keep links valid across
+            // restarts. Previews ask notifications on its default port (not known with ephemeral ports).
+            let sources = sources
+                .set(
+                    "claim_links.http_addr",
+                    if env.ephemeral_ports {
+                        "127.0.0.1:0"
+                    } else {
+                        "0.0.0.0:8083"
+                    },
+                )
+                .set("claim_links.signing_key", &env.portal_private_pem);
             followup_scheduler::Service::build(config(
                 &info,
                 followup_scheduler::Settings::default(),

@@ -941,3 +941,61 @@ async fn watch_cases_sees_a_change_made_by_another_caller() {
         "another clinic's watcher got nothing"
     );
 }
+
+#[tokio::test]
+async fn watch_cases_sees_a_change_made_through_another_replica() {
+    let h = Harness::start().await;
+    // A second replica of the service on the same database and NATS.
+    let config = h
+        .env
+        .config(&followup_cases::INFO, followup_cases::Settings::default());
+    let replica = followup_cases::Service::build(config).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut other_replica =
+        followup_proto::followup::cases::v1::cases_service_client::CasesServiceClient::new(channel);
+
+    let plan = plan_id();
+    h.publish(&plan_sent(Sent {
+        plan: &plan,
+        ..Sent::default()
+    }))
+    .await;
+    h.wait_status(&plan, CaseStatus::SentNotViewed).await;
+    let mut stream = h
+        .client
+        .clone()
+        .watch_cases(authed(
+            pb::WatchCasesRequest::default(),
+            &h.token(Role::Owner),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let colleague = h.token_of(CLINIC, "fd-7", Role::FrontDesk);
+    let mut seen = None;
+    for _ in 0..50 {
+        other_replica
+            .add_note(authed(
+                pb::AddNoteRequest {
+                    case_id: plan.clone(),
+                    text: "Called from the other office".into(),
+                },
+                &colleague,
+            ))
+            .await
+            .unwrap();
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(300), stream.next()).await
+        {
+            seen = Some(message.unwrap());
+            break;
+        }
+    }
+    let seen = seen.expect("the watcher on replica A saw the note made through replica B");
+    assert_eq!(seen.entry.unwrap().actor_staff_id, "fd-7");
+    replica.stop().await;
+}

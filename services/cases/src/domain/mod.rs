@@ -68,13 +68,21 @@ mod tests {
             validate_settings(&bad_hour).map_err(|e| e.0),
             Err("digest_hour")
         );
-        let short = CaseSettings {
+        // A second is the shortest window (followup demo shows one end); none at all is refused.
+        let seconds = CaseSettings {
             response_window_secs: 5,
             ..CaseSettings::default()
         };
-        assert_eq!(
-            validate_settings(&short).map_err(|e| e.0),
-            Err("response_window")
-        );
+        assert!(validate_settings(&seconds).is_ok());
+        for window in [0, 61 * 86_400] {
+            let refused = CaseSettings {
+                response_window_secs: window,
+                ..CaseSettings::default()
+            };
+            assert_eq!(
+                validate_settings(&refused).map_err(|e| e.0),
+                Err("response_window")
+            );
+        }
     }
 }

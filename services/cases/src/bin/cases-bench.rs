@@ -16,7 +16,10 @@
 //!    sqlx on the same indexes, raw rows, nothing decoded; p50/p99 of each and their ratio;
 //! 2. events: stops the service, publishes `--events` events (plan_sent of new plans, plan_viewed,
 //!    engagement_updated, appointment.booked of seeded cases), starts the service again and times until
-//!    every consumer has acknowledged everything.
+//!    every consumer has acknowledged everything, with the CPU each part used (from /proc).
+//!
+//! `CASES_BENCH_EXPLAIN=1` logs the plans of statements over 30 ms to the PostgreSQL server log
+//! (auto_explain); `CASES_BENCH_POLL_MS` sets how often the consumers' backlog is polled (default 1000).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

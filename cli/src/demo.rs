@@ -1523,7 +1523,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         figures
             .median_recovery_time
             .as_ref()
-            .map(|d| format!(" (booked {:.0} s after the first follow-up)", secs(Some(d))))
+            .map(|d| format!(" (booked {:.1} s after the first follow-up)", secs(Some(d))))
             .unwrap_or_default()
     ));
 

@@ -6,14 +6,10 @@
 //! for the dev clinic signed with the dev stack's key, as `followup token` prints). Money is shown with
 //! its currency; times in the clinic's time zone (its case settings).
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use followup_cases::domain::vocab::{Money, currency_exponent};
-use followup_platform::auth::Role;
 use followup_platform::event::{from_timestamp, new_event_id, timestamp};
 use followup_proto::followup::cases::v1 as pb;
 use followup_proto::followup::cases::v1::cases_service_client::CasesServiceClient;
@@ -22,7 +18,7 @@ use followup_proto::followup::events::v1 as ev;
 use followup_proto::subjects::Event as _;
 use tonic::transport::Channel;
 
-use crate::keys::{DEV_TENANT, DevKeys};
+use crate::client::{Access, status_error};
 
 #[derive(Args)]
 pub struct CasesArgs {
@@ -34,21 +30,8 @@ pub struct CasesArgs {
         default_value = "http://localhost:50052"
     )]
     addr: String,
-    /// A staff token; default: an owner token for the dev clinic signed with the dev stack's key.
-    #[arg(long, global = true, env = "FOLLOWUP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The clinic (tenant).
-    #[arg(long, global = true, default_value = DEV_TENANT)]
-    tenant: String,
-    /// The staff id the default token is for.
-    #[arg(long, global = true, default_value = "dev-owner")]
-    staff: String,
-    /// The dev stack's folder (its keys sign the default token; its NATS port is found there).
-    #[arg(long, global = true, default_value = ".followup")]
-    dir: PathBuf,
-    /// NATS for `simulate`; default: NATS_URL, else the dev stack's private server.
-    #[arg(long, global = true)]
-    nats_url: Option<String>,
+    #[command(flatten)]
+    access: Access,
     #[command(subcommand)]
     command: CasesCommand,
 }
@@ -226,15 +209,7 @@ pub async fn run(args: CasesArgs) -> anyhow::Result<()> {
     if let CasesCommand::Simulate { .. } = &args.command {
         return simulate(&args).await;
     }
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => DevKeys::load_or_create(&args.dir)?.token(
-            &args.tenant,
-            &args.staff,
-            Role::Owner,
-            Duration::from_secs(3600),
-        )?,
-    };
+    let token = args.access.token()?;
     let client = CasesServiceClient::connect(args.addr.clone())
         .await
         .with_context(|| format!("connecting to the cases service at {}", args.addr))?;
@@ -410,7 +385,10 @@ pub async fn run(args: CasesArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            eprintln!("watching the cases of {} (Ctrl-C to stop)", args.tenant);
+            eprintln!(
+                "watching the cases of {} (Ctrl-C to stop)",
+                args.access.tenant
+            );
             while let Some(change) = stream.message().await.map_err(status_error)? {
                 let Some(case) = change.case else { continue };
                 let what = change
@@ -462,10 +440,6 @@ impl Api {
             .unwrap_or_default();
         Ok(settings.time_zone.parse().unwrap_or(chrono_tz::UTC))
     }
-}
-
-fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
 fn local_midnight(day: NaiveDate, zone: chrono_tz::Tz) -> anyhow::Result<prost_types::Timestamp> {
@@ -901,42 +875,6 @@ fn print_report(response: &pb::GetLeakageReportResponse, from: NaiveDate, to: Na
     }
 }
 
-/// The dev stack's NATS URL: flag, NATS_URL, or the port file of its private server.
-fn nats_url(args: &CasesArgs) -> anyhow::Result<String> {
-    if let Some(url) = &args.nats_url {
-        return Ok(url.clone());
-    }
-    if let Ok(url) = std::env::var("NATS_URL")
-        && !url.is_empty()
-    {
-        return Ok(url);
-    }
-    let ports = args.dir.join("nats").join("ports");
-    std::fs::read_dir(&ports)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "ports"))
-        .find_map(|e| read_ports(&e.path()))
-        .with_context(|| {
-            format!(
-                "no NATS URL: pass --nats-url, set NATS_URL, or run `followup dev` (it writes its port under {})",
-                ports.display()
-            )
-        })
-}
-
-fn read_ports(path: &Path) -> Option<String> {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json.get("nats")?
-        .as_array()?
-        .first()?
-        .as_str()
-        .map(str::to_string)
-}
-
 async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
     let CasesCommand::Simulate {
         step,
@@ -955,18 +893,13 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
         (None, Step::Sent) => new_event_id().to_string(),
         (None, _) => bail!("--plan is required for {step:?}"),
     };
-    let tenant = args.tenant.clone();
+    let tenant = args.access.tenant.clone();
     let now = Some(timestamp(Utc::now()));
     let case_ref = Some(common::CaseRef {
         target: Some(common::case_ref::Target::PlanId(plan.clone())),
     });
-    let url = nats_url(args)?;
-    let client = async_nats::connect(&url)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
-    let js = async_nats::jetstream::new(client);
     let event_id = new_event_id().to_string();
-    let (subject, payload) = match step {
+    let subject = match step {
         Step::Sent => {
             let value = parse_money(value, currency)?;
             let e = ev::PlanSent {
@@ -980,7 +913,7 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                 value: Some(value.clone()),
                 sent_time: now,
                 send_count: 1,
-                sent_by_staff_id: args.staff.clone(),
+                sent_by_staff_id: args.access.staff.clone(),
                 owner_staff_id: owner.clone(),
                 sections: vec![
                     common::PortalSection::Cover as i32,
@@ -997,7 +930,8 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                 visit_count: 1,
                 ..Default::default()
             };
-            (e.subject()?, prost::Message::encode_to_vec(&e))
+            args.access.publish(&e).await?;
+            e.subject()?
         }
         Step::Viewed => {
             let e = ev::PlanViewed {
@@ -1009,7 +943,8 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                 patient_id: patient.clone(),
                 session_id: new_event_id().to_string(),
             };
-            (e.subject()?, prost::Message::encode_to_vec(&e))
+            args.access.publish(&e).await?;
+            e.subject()?
         }
         Step::Approved => {
             let e = ev::PlanApproved {
@@ -1022,7 +957,8 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                 approved_by: ev::PlanApprover::Patient as i32,
                 ..Default::default()
             };
-            (e.subject()?, prost::Message::encode_to_vec(&e))
+            args.access.publish(&e).await?;
+            e.subject()?
         }
         Step::Replied => {
             let e = ev::PatientReplied {
@@ -1037,7 +973,8 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                 in_reply_to: None,
                 case_ref,
             };
-            (e.subject()?, prost::Message::encode_to_vec(&e))
+            args.access.publish(&e).await?;
+            e.subject()?
         }
         Step::Booked => {
             let e = ev::AppointmentBooked {
@@ -1053,7 +990,7 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                             seconds: 3600,
                             nanos: 0,
                         }),
-                        practitioner_id: args.staff.clone(),
+                        practitioner_id: args.access.staff.clone(),
                         location_id: String::new(),
                     }),
                     plan_id: plan.clone(),
@@ -1062,17 +999,10 @@ async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {
                 }),
                 ..Default::default()
             };
-            (e.subject()?, prost::Message::encode_to_vec(&e))
+            args.access.publish(&e).await?;
+            e.subject()?
         }
     };
-    let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(payload.into())
-        .message_id(&event_id);
-    js.send_publish(subject.clone(), publish)
-        .await
-        .with_context(|| format!("publishing on {subject}"))?
-        .await
-        .with_context(|| format!("no acknowledgement for {subject} (is the dev stack running?)"))?;
     println!("published {subject} for case {plan}");
     Ok(())
 }

@@ -4,17 +4,15 @@
 //! for the dev clinic signed with the dev stack's key, as `followup token` prints). `portal-token` prints
 //! a patient's portal link token signed with the dev stack's portal key, to post beacons by hand.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use followup_platform::auth::{PORTAL_AUDIENCE, PortalClaims, Role, Signer};
+use followup_platform::auth::{PORTAL_AUDIENCE, PortalClaims, Signer};
 use followup_proto::followup::common::v1::PortalSection;
 use followup_proto::followup::engagement::v1 as pb;
 use followup_proto::followup::engagement::v1::engagement_service_client::EngagementServiceClient;
 
-use crate::keys::{DEV_TENANT, DevKeys};
+use crate::client::{Access, authed, status_error};
+use crate::keys::DevKeys;
 
 #[derive(Args)]
 pub struct EngagementArgs {
@@ -26,15 +24,8 @@ pub struct EngagementArgs {
         default_value = "http://localhost:50053"
     )]
     addr: String,
-    /// A staff token; default: one for the dev clinic signed with the dev stack's key.
-    #[arg(long, global = true, env = "FOLLOWUP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The dev clinic (tenant) for the default token.
-    #[arg(long, global = true, default_value = DEV_TENANT)]
-    tenant: String,
-    /// The dev stack's folder (its keys sign the default tokens).
-    #[arg(long, global = true, default_value = ".followup")]
-    dir: PathBuf,
+    #[command(flatten)]
+    access: Access,
     #[command(subcommand)]
     command: EngagementCommand,
 }
@@ -128,14 +119,6 @@ fn sections(times: &[followup_proto::followup::common::v1::SectionTime]) -> Stri
         .join(", ")
 }
 
-fn request<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
-
 pub async fn run(args: EngagementArgs) -> anyhow::Result<()> {
     if let EngagementCommand::PortalToken {
         plan_id,
@@ -143,13 +126,13 @@ pub async fn run(args: EngagementArgs) -> anyhow::Result<()> {
         hours,
     } = &args.command
     {
-        let keys = DevKeys::load_or_create(&args.dir)?;
+        let keys = DevKeys::load_or_create(&args.access.dir)?;
         let signer = Signer::from_pem(&keys.portal.private_pem)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
         let token = signer.sign(&PortalClaims {
-            tenant: args.tenant.clone(),
+            tenant: args.access.tenant.clone(),
             plan_id: plan_id.clone(),
             plan_version: 1,
             patient_id: patient.clone(),
@@ -161,27 +144,19 @@ pub async fn run(args: EngagementArgs) -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => DevKeys::load_or_create(&args.dir)?.token(
-            &args.tenant,
-            "dev-cli",
-            Role::FrontDesk,
-            Duration::from_secs(3600),
-        )?,
-    };
+    let token = args.access.token()?;
     let mut client = EngagementServiceClient::connect(args.addr.clone())
         .await
         .with_context(|| format!("connecting to the engagement service at {}", args.addr))?;
     match args.command {
         EngagementCommand::Facts { plan_ids } => {
             let engagements = client
-                .batch_get_plan_engagements(request(
+                .batch_get_plan_engagements(authed(
                     pb::BatchGetPlanEngagementsRequest { plan_ids },
                     &token,
                 )?)
                 .await
-                .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+                .map_err(status_error)?
                 .into_inner()
                 .engagements;
             for e in engagements {
@@ -201,7 +176,7 @@ pub async fn run(args: EngagementArgs) -> anyhow::Result<()> {
         }
         EngagementCommand::Sessions { plan_id, limit } => {
             let sessions = client
-                .list_view_sessions(request(
+                .list_view_sessions(authed(
                     pb::ListViewSessionsRequest {
                         plan_id,
                         page_size: limit,
@@ -210,7 +185,7 @@ pub async fn run(args: EngagementArgs) -> anyhow::Result<()> {
                     &token,
                 )?)
                 .await
-                .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+                .map_err(status_error)?
                 .into_inner()
                 .sessions;
             if sessions.is_empty() {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cases;
+mod client;
 mod demo;
 mod dev;
 mod engagement;

@@ -8,12 +8,9 @@
 //! they arrived) and can check a webhook's signature the Standard Webhooks way.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use followup_platform::auth::Role;
 use followup_platform::event::{new_event_id, now_timestamp, timestamp};
 use followup_proto::followup::common::v1::Channel;
 use followup_proto::followup::events::v1::{
@@ -22,7 +19,7 @@ use followup_proto::followup::events::v1::{
 use followup_proto::followup::notifications::v1 as pb;
 use followup_proto::followup::notifications::v1::notifications_service_client::NotificationsServiceClient;
 
-use crate::keys::{DEV_TENANT, DevKeys};
+use crate::client::{Access, authed, status_error};
 
 #[derive(Args)]
 pub struct NotificationsArgs {
@@ -34,18 +31,8 @@ pub struct NotificationsArgs {
         default_value = "http://localhost:50055"
     )]
     addr: String,
-    /// A staff token; default: an owner token for the dev clinic signed with the dev stack's key.
-    #[arg(long, global = true, env = "FOLLOWUP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The clinic (tenant).
-    #[arg(long, global = true, default_value = DEV_TENANT)]
-    tenant: String,
-    /// The dev stack's folder (its keys sign the default token; its NATS port is found there).
-    #[arg(long, global = true, default_value = ".followup")]
-    dir: PathBuf,
-    /// NATS for `request` and `reply`; default: NATS_URL, else the dev stack's private server.
-    #[arg(long, global = true)]
-    nats_url: Option<String>,
+    #[command(flatten)]
+    access: Access,
     #[command(subcommand)]
     command: NotificationsCommand,
 }
@@ -163,14 +150,6 @@ enum NotificationsCommand {
     },
 }
 
-fn request<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
-
 fn time(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
@@ -191,63 +170,6 @@ fn channel_name(n: i32) -> &'static str {
 
 fn enum_name(name: &str, prefix: &str) -> String {
     name.trim_start_matches(prefix).to_lowercase()
-}
-
-/// The dev stack's NATS URL: flag, NATS_URL, or the port file of its private server.
-fn nats_url(args: &NotificationsArgs) -> anyhow::Result<String> {
-    if let Some(url) = &args.nats_url {
-        return Ok(url.clone());
-    }
-    if let Ok(url) = std::env::var("NATS_URL")
-        && !url.is_empty()
-    {
-        return Ok(url);
-    }
-    let ports = args.dir.join("nats").join("ports");
-    let found = std::fs::read_dir(&ports)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "ports"))
-        .find_map(|e| read_ports(&e.path()));
-    found.with_context(|| {
-        format!(
-            "no NATS URL: pass --nats-url, set NATS_URL, or run `followup dev` (it writes its port under {})",
-            ports.display()
-        )
-    })
-}
-
-fn read_ports(path: &Path) -> Option<String> {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json.get("nats")?
-        .as_array()?
-        .first()?
-        .as_str()
-        .map(str::to_string)
-}
-
-async fn publish<M: prost::Message>(
-    url: &str,
-    subject: String,
-    event_id: &str,
-    message: &M,
-) -> anyhow::Result<()> {
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
-    let js = async_nats::jetstream::new(client);
-    let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(message.encode_to_vec().into())
-        .message_id(event_id);
-    js.send_publish(subject.clone(), publish)
-        .await
-        .with_context(|| format!("publishing on {subject}"))?
-        .await
-        .with_context(|| format!("no acknowledgement for {subject} (is the dev stack running?)"))?;
-    Ok(())
 }
 
 /// The next local `hh:mm` in `zone` from now, as an instant.
@@ -281,15 +203,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
     {
         return captured(capture_url, secret.as_deref()).await;
     }
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => DevKeys::load_or_create(&args.dir)?.token(
-            &args.tenant,
-            "dev-owner",
-            Role::Owner,
-            Duration::from_secs(3600),
-        )?,
-    };
+    let token = args.access.token()?;
     let mut client = NotificationsServiceClient::connect(args.addr.clone())
         .await
         .with_context(|| format!("connecting to the notifications service at {}", args.addr))?;
@@ -303,7 +217,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
             zone,
         } => {
             let saved = client
-                .upsert_contact(request(
+                .upsert_contact(authed(
                     pb::UpsertContactRequest {
                         contact: Some(pb::Contact {
                             patient_id: patient_id.clone(),
@@ -318,7 +232,8 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner();
             let c = saved.contact.unwrap_or_default();
             println!(
@@ -350,13 +265,14 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
             let not_before_time = match at_local {
                 Some(hhmm) => {
                     let contact = client
-                        .get_contact(request(
+                        .get_contact(authed(
                             pb::GetContactRequest {
                                 patient_id: patient_id.clone(),
                             },
                             &token,
                         )?)
-                        .await?
+                        .await
+                        .map_err(status_error)?
                         .into_inner()
                         .contact
                         .unwrap_or_default();
@@ -367,10 +283,9 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
             let key = key
                 .clone()
                 .unwrap_or_else(|| format!("cli:{}", new_event_id()));
-            let event_id = new_event_id().to_string();
             let event = NotificationRequested {
-                event_id: event_id.clone(),
-                tenant_id: args.tenant.clone(),
+                event_id: new_event_id().to_string(),
+                tenant_id: args.access.tenant.clone(),
                 occurred_at: Some(now_timestamp()),
                 idempotency_key: key.clone(),
                 channel: channel.proto() as i32,
@@ -392,14 +307,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                 not_before_time,
                 ..Default::default()
             };
-            let url = nats_url(&args)?;
-            publish(
-                &url,
-                format!("followup.{}.scheduler.notification_requested", args.tenant),
-                &event_id,
-                &event,
-            )
-            .await?;
+            args.access.publish(&event).await?;
             println!(
                 "requested {key} ({} to {patient_id})",
                 channel_name(event.channel)
@@ -413,7 +321,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
             let event_id = new_event_id().to_string();
             let event = MessageReceived {
                 event_id: event_id.clone(),
-                tenant_id: args.tenant.clone(),
+                tenant_id: args.access.tenant.clone(),
                 occurred_at: Some(now_timestamp()),
                 patient_id: patient_id.clone(),
                 channel: channel.proto() as i32,
@@ -421,14 +329,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                 provider_message_id: format!("cli-{event_id}"),
                 ..Default::default()
             };
-            let url = nats_url(&args)?;
-            publish(
-                &url,
-                format!("clinic.{}.message.received", args.tenant),
-                &event_id,
-                &event,
-            )
-            .await?;
+            args.access.publish(&event).await?;
             println!("{patient_id} wrote on {}", channel_name(event.channel));
         }
         NotificationsCommand::Sent { patient, limit }
@@ -443,7 +344,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                 vec![]
             };
             let messages = client
-                .list_messages(request(
+                .list_messages(authed(
                     pb::ListMessagesRequest {
                         patient_id: patient.clone().unwrap_or_default(),
                         statuses,
@@ -452,7 +353,8 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner()
                 .messages;
             if messages.is_empty() {
@@ -510,13 +412,14 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
         }
         NotificationsCommand::Message { message_id } => {
             let got = client
-                .get_message(request(
+                .get_message(authed(
                     pb::GetMessageRequest {
                         message_id: message_id.clone(),
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner();
             let m = got.message.unwrap_or_default();
             println!(
@@ -542,14 +445,15 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
         }
         NotificationsCommand::Tasks { owner } => {
             let tasks = client
-                .list_tasks(request(
+                .list_tasks(authed(
                     pb::ListTasksRequest {
                         owner_staff_id: owner.clone().unwrap_or_default(),
                         ..Default::default()
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner()
                 .tasks;
             if tasks.is_empty() {
@@ -568,13 +472,14 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
         }
         NotificationsCommand::Consent { patient_id } => {
             let states = client
-                .get_consent(request(
+                .get_consent(authed(
                     pb::GetConsentRequest {
                         patient_id: patient_id.clone(),
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner()
                 .states;
             for s in states.iter().filter(|s| !s.allowed) {
@@ -584,14 +489,15 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                 println!("allowed on every channel and category");
             }
             let history = client
-                .list_consent_history(request(
+                .list_consent_history(authed(
                     pb::ListConsentHistoryRequest {
                         patient_id: patient_id.clone(),
                         ..Default::default()
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner()
                 .events;
             for e in history {
@@ -618,7 +524,7 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
         }
         NotificationsCommand::WebhookCreate { url, description } => {
             let created = client
-                .create_webhook_endpoint(request(
+                .create_webhook_endpoint(authed(
                     pb::CreateWebhookEndpointRequest {
                         endpoint: Some(pb::WebhookEndpoint {
                             url: url.clone(),
@@ -628,7 +534,8 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                     },
                     &token,
                 )?)
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner();
             println!(
                 "endpoint {}",

@@ -5,19 +5,17 @@
 //! number in the plan (`1`, `2`, … as `followup plans show` prints them) or by their id.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use followup_plans::domain::money::{Currency, Money};
-use followup_platform::auth::Role;
 use followup_proto::followup::common::v1 as common;
 use followup_proto::followup::plans::v1 as pb;
 use followup_proto::followup::plans::v1::catalog_service_client::CatalogServiceClient;
 use followup_proto::followup::plans::v1::plans_service_client::PlansServiceClient;
 use tonic::transport::Channel;
 
-use crate::keys::{DEV_TENANT, DevKeys};
+use crate::client::{Access, authed, status_error};
 
 /// `println!` that stops quietly when the reader went away (`followup plans show … | head`).
 macro_rules! out {
@@ -37,18 +35,8 @@ pub struct PlansArgs {
         default_value = "http://localhost:50051"
     )]
     addr: String,
-    /// A staff token; default: one for the dev clinic signed with the dev stack's key.
-    #[arg(long, global = true, env = "FOLLOWUP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The dev clinic (tenant) for the default token.
-    #[arg(long, global = true, default_value = DEV_TENANT)]
-    tenant: String,
-    /// The role of the default token: owner, admin, dentist, front_desk or system.
-    #[arg(long, global = true, default_value = "owner")]
-    role: Role,
-    /// The dev stack's folder (its keys sign the default token).
-    #[arg(long, global = true, default_value = ".followup")]
-    dir: PathBuf,
+    #[command(flatten)]
+    access: Access,
     #[command(subcommand)]
     command: PlansCommand,
 }
@@ -194,14 +182,7 @@ struct Client {
 
 impl Client {
     fn req<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token)
-                .parse()
-                .context("the token is not valid metadata")?,
-        );
-        Ok(request)
+        authed(message, &self.token)
     }
 
     async fn plan(&self, id: &str, version: i32) -> anyhow::Result<pb::Plan> {
@@ -212,7 +193,7 @@ impl Client {
                 plan_version: version,
             })?)
             .await
-            .map_err(status)?
+            .map_err(status_error)?
             .into_inner()
             .plan
             .context("no plan in the answer")
@@ -240,7 +221,7 @@ impl Client {
             .clone()
             .list_fee_schedules(self.req(pb::ListFeeSchedulesRequest::default())?)
             .await
-            .map_err(status)?
+            .map_err(status_error)?
             .into_inner();
         list.fee_schedules
             .into_iter()
@@ -249,11 +230,6 @@ impl Client {
                 "the clinic has no fee schedule yet: `followup plans create-schedule Standard`",
             )
     }
-}
-
-/// A gRPC error as a person reads it.
-fn status(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
 fn show_money(m: Option<&common::Money>) -> String {
@@ -407,15 +383,7 @@ fn print_plan(plan: &pb::Plan) {
 }
 
 pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
-    let token = match args.token {
-        Some(token) => token,
-        None => DevKeys::load_or_create(&args.dir)?.token(
-            &args.tenant,
-            &format!("dev-{}", args.role),
-            args.role,
-            Duration::from_secs(3600),
-        )?,
-    };
+    let token = args.access.token()?;
     let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())
         .with_context(|| format!("`{}` is not a URL", args.addr))?
         .connect()
@@ -443,7 +411,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     all,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             out!(
                 "copied {} codes ({} already in the list)",
@@ -467,7 +435,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     all_or_nothing,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             for e in &out.errors {
                 eprintln!("{}:{}: {}", file.display(), e.line, e.message);
@@ -492,7 +460,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     ..Default::default()
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             for m in out.matches {
                 let code = m.code.unwrap_or_default();
@@ -520,7 +488,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     copy_fees_from_fee_schedule_id: String::new(),
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .fee_schedule
                 .unwrap_or_default();
@@ -536,7 +504,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
             let out = catalog
                 .list_fee_schedules(client.req(pb::ListFeeSchedulesRequest::default())?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             for s in out.fee_schedules {
                 out!(
@@ -556,7 +524,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                         fee_schedule_id: id,
                     })?)
                     .await
-                    .map_err(status)?
+                    .map_err(status_error)?
                     .into_inner()
                     .fee_schedule
                     .unwrap_or_default(),
@@ -583,7 +551,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     remove_codes: vec![],
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .fee_schedule
                 .unwrap_or_default();
@@ -610,7 +578,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     }),
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .plan
                 .unwrap_or_default();
@@ -665,7 +633,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     }),
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             let item = out.item.unwrap_or_default();
             let updated = client.plan(&plan, 0).await?;
@@ -693,7 +661,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     remove_dependencies: force,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             out!(
                 "removed; plan total {}",
@@ -708,7 +676,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     ..Default::default()
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             for p in out.plans {
                 out!(
@@ -733,7 +701,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     ..Default::default()
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             out!("sent; the patient's link (a secret: share it only with the patient):");
             out!("{}", out.portal_url);
@@ -745,7 +713,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     plan_version: 0,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .plan
                 .unwrap_or_default();
@@ -760,7 +728,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     complete_time: None,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             let p = out.plan.unwrap_or_default();
             out!(
@@ -776,7 +744,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     reason,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .plan
                 .unwrap_or_default();
@@ -789,7 +757,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     reason,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .plan
                 .unwrap_or_default();
@@ -801,7 +769,7 @@ pub async fn run(args: PlansArgs) -> anyhow::Result<()> {
                     patient_id: patient,
                 })?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             if out.lines.is_empty() {
                 out!("no plans for patient {}", out.patient_id);

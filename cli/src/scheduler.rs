@@ -6,18 +6,16 @@
 //! NATS (proto3 JSON in, protobuf out, header fields filled) to drive rules by hand.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use followup_platform::auth::Role;
 use followup_proto::followup::common::v1 as common;
 use followup_proto::followup::scheduler::v1 as pb;
 use followup_proto::followup::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use prost::Message as _;
 use tonic::transport::Channel;
 
-use crate::keys::{DEV_TENANT, DevKeys};
+use crate::client::{Access, authed, status_error};
 
 mod dryrun;
 
@@ -31,18 +29,8 @@ pub struct RulesArgs {
         default_value = "http://localhost:50054"
     )]
     addr: String,
-    /// A staff token; default: an owner's for the dev clinic, signed with the dev stack's key.
-    #[arg(long, global = true, env = "FOLLOWUP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The dev clinic (tenant) for the default token and for `publish`.
-    #[arg(long, global = true, default_value = DEV_TENANT)]
-    tenant: String,
-    /// The dev stack's folder (its keys sign the default token; its NATS port is found there).
-    #[arg(long, global = true, default_value = ".followup")]
-    dir: PathBuf,
-    /// NATS for `publish`; default: NATS_URL, else the dev stack's private server.
-    #[arg(long, global = true)]
-    nats_url: Option<String>,
+    #[command(flatten)]
+    access: Access,
     #[command(subcommand)]
     command: RulesCommand,
 }
@@ -210,18 +198,6 @@ enum RulesCommand {
     /// `appointment.booked`, `enquiry.created`, ...), JSON its fields in proto3 JSON; event_id,
     /// tenant_id and occurred_at are filled in when missing.
     Publish { kind: String, json: String },
-}
-
-fn request<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
-
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 fn name(text: &str, prefix: &str) -> String {
@@ -422,7 +398,7 @@ impl Client {
         loop {
             let page = self
                 .inner
-                .list_rules(request(
+                .list_rules(authed(
                     pb::ListRulesRequest {
                         page_size: 500,
                         page_token: token,
@@ -431,7 +407,7 @@ impl Client {
                     &self.token,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             if let Some(found) = page.rules.iter().find(|r| r.name == rule) {
                 return Ok(found.rule_id.clone());
@@ -521,15 +497,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
     if let RulesCommand::Publish { kind, json } = &args.command {
         return publish(&args, kind, json).await;
     }
-    let token = match &args.token {
-        Some(token) => token.clone(),
-        None => DevKeys::load_or_create(&args.dir)?.token(
-            &args.tenant,
-            "dev-owner",
-            Role::Owner,
-            Duration::from_secs(3600),
-        )?,
-    };
+    let token = args.access.token()?;
     let inner = SchedulerServiceClient::connect(args.addr.clone())
         .await
         .with_context(|| {
@@ -551,7 +519,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             };
             let rules = c
                 .inner
-                .list_rules(request(
+                .list_rules(authed(
                     pb::ListRulesRequest {
                         states,
                         page_size: 500,
@@ -560,7 +528,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .rules;
             if rules.is_empty() {
@@ -588,7 +556,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             let rule_id = c.rule_id(&rule).await?;
             let rule = c
                 .inner
-                .get_rule(request(
+                .get_rule(authed(
                     pb::GetRuleRequest {
                         rule_id,
                         rule_version: version,
@@ -596,7 +564,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .rule
                 .unwrap_or_default();
@@ -610,7 +578,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             let rule = read_rule(&file)?;
             let created = c
                 .inner
-                .create_rule(request(
+                .create_rule(authed(
                     pb::CreateRuleRequest {
                         rule: Some(rule),
                         validate_only,
@@ -618,7 +586,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .rule
                 .unwrap_or_default();
@@ -628,14 +596,14 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             }
             let rule = if play {
                 c.inner
-                    .play_rule(request(
+                    .play_rule(authed(
                         pb::PlayRuleRequest {
                             rule_id: created.rule_id.clone(),
                         },
                         &t,
                     )?)
                     .await
-                    .map_err(status)?
+                    .map_err(status_error)?
                     .into_inner()
                     .rule
                     .unwrap_or_default()
@@ -650,7 +618,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             update.rule_id = rule_id;
             let updated = c
                 .inner
-                .update_rule(request(
+                .update_rule(authed(
                     pb::UpdateRuleRequest {
                         rule: Some(update),
                         update_mask: Some(prost_types::FieldMask { paths: fields }),
@@ -659,7 +627,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .rule
                 .unwrap_or_default();
@@ -669,9 +637,9 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             let rule_id = c.rule_id(&rule).await?;
             let played = c
                 .inner
-                .play_rule(request(pb::PlayRuleRequest { rule_id }, &t)?)
+                .play_rule(authed(pb::PlayRuleRequest { rule_id }, &t)?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             let rule = played.rule.unwrap_or_default();
             println!(
@@ -683,9 +651,9 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             let rule_id = c.rule_id(&rule).await?;
             let rule = c
                 .inner
-                .pause_rule(request(pb::PauseRuleRequest { rule_id }, &t)?)
+                .pause_rule(authed(pb::PauseRuleRequest { rule_id }, &t)?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .rule
                 .unwrap_or_default();
@@ -697,22 +665,22 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Delete { rule } => {
             let rule_id = c.rule_id(&rule).await?;
             c.inner
-                .delete_rule(request(
+                .delete_rule(authed(
                     pb::DeleteRuleRequest {
                         rule_id: rule_id.clone(),
                     },
                     &t,
                 )?)
                 .await
-                .map_err(status)?;
+                .map_err(status_error)?;
             println!("deleted {rule_id}");
         }
         RulesCommand::Templates => {
             let templates = c
                 .inner
-                .list_rule_templates(request(pb::ListRuleTemplatesRequest {}, &t)?)
+                .list_rule_templates(authed(pb::ListRuleTemplatesRequest {}, &t)?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .templates;
             for template in templates {
@@ -732,7 +700,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         } => {
             let rule = c
                 .inner
-                .enable_rule_template(request(
+                .enable_rule_template(authed(
                     pb::EnableRuleTemplateRequest {
                         template_id: template,
                         play,
@@ -741,7 +709,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .rule
                 .unwrap_or_default();
@@ -780,7 +748,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             };
             let enrollments = c
                 .inner
-                .list_enrollments(request(
+                .list_enrollments(authed(
                     pb::ListEnrollmentsRequest {
                         case_ref: case,
                         patient_id: patient.unwrap_or_default(),
@@ -792,7 +760,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .enrollments;
             if enrollments.is_empty() {
@@ -829,14 +797,14 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Timeline { enrollment } => {
             let timeline = c
                 .inner
-                .get_enrollment_timeline(request(
+                .get_enrollment_timeline(authed(
                     pb::GetEnrollmentTimelineRequest {
                         enrollment_id: enrollment,
                     },
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             let e = timeline.enrollment.unwrap_or_default();
             println!(
@@ -882,7 +850,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Cancel { enrollment, reason } => {
             let e = c
                 .inner
-                .cancel_enrollment(request(
+                .cancel_enrollment(authed(
                     pb::CancelEnrollmentRequest {
                         enrollment_id: enrollment,
                         reason,
@@ -890,7 +858,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .enrollment
                 .unwrap_or_default();
@@ -904,7 +872,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             };
             let f = c
                 .inner
-                .get_case_facts(request(
+                .get_case_facts(authed(
                     pb::GetCaseFactsRequest {
                         case_ref: Some(common::CaseRef {
                             target: Some(target),
@@ -913,7 +881,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .facts
                 .unwrap_or_default();
@@ -1010,14 +978,14 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
             }
             let settings = if paths.is_empty() {
                 c.inner
-                    .get_scheduler_settings(request(pb::GetSchedulerSettingsRequest {}, &t)?)
+                    .get_scheduler_settings(authed(pb::GetSchedulerSettingsRequest {}, &t)?)
                     .await
-                    .map_err(status)?
+                    .map_err(status_error)?
                     .into_inner()
                     .settings
             } else {
                 c.inner
-                    .update_scheduler_settings(request(
+                    .update_scheduler_settings(authed(
                         pb::UpdateSchedulerSettingsRequest {
                             settings: Some(settings),
                             update_mask: Some(prost_types::FieldMask { paths }),
@@ -1025,7 +993,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                         &t,
                     )?)
                     .await
-                    .map_err(status)?
+                    .map_err(status_error)?
                     .into_inner()
                     .settings
             }
@@ -1082,7 +1050,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         } => {
             let mut w = dryrun::waitlist(&args.addr).await?;
             let entry = w
-                .create_waitlist_entry(request(
+                .create_waitlist_entry(authed(
                     pb::CreateWaitlistEntryRequest {
                         entry: Some(pb::WaitlistEntry {
                             patient_id: patient,
@@ -1098,7 +1066,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .entry
                 .unwrap_or_default();
@@ -1117,7 +1085,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Waitlist => {
             let mut w = dryrun::waitlist(&args.addr).await?;
             let entries = w
-                .list_waitlist_entries(request(
+                .list_waitlist_entries(authed(
                     pb::ListWaitlistEntriesRequest {
                         page_size: 500,
                         ..Default::default()
@@ -1125,7 +1093,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .entries;
             println!(
@@ -1150,7 +1118,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Slots => {
             let mut w = dryrun::waitlist(&args.addr).await?;
             let slots = w
-                .list_open_slots(request(
+                .list_open_slots(authed(
                     pb::ListOpenSlotsRequest {
                         page_size: 100,
                         ..Default::default()
@@ -1158,7 +1126,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .slots;
             println!(
@@ -1180,9 +1148,9 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Slot { slot } => {
             let mut w = dryrun::waitlist(&args.addr).await?;
             let answer = w
-                .get_open_slot(request(pb::GetOpenSlotRequest { slot_id: slot }, &t)?)
+                .get_open_slot(authed(pb::GetOpenSlotRequest { slot_id: slot }, &t)?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             let s = answer.slot.unwrap_or_default();
             let spec = s.slot.clone().unwrap_or_default();
@@ -1209,14 +1177,14 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         RulesCommand::Claim { offer } => {
             let mut w = dryrun::waitlist(&args.addr).await?;
             let answer = w
-                .claim_slot_offer(request(
+                .claim_slot_offer(authed(
                     pb::ClaimSlotOfferRequest {
                         slot_offer_id: offer,
                     },
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner();
             let o = answer.offer.unwrap_or_default();
             println!("claimed for {}: slot_claimed published", o.patient_id);
@@ -1251,13 +1219,13 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                 paths.push("enabled".to_string());
             }
             let shown = if paths.is_empty() {
-                w.get_waitlist_settings(request(pb::GetWaitlistSettingsRequest {}, &t)?)
+                w.get_waitlist_settings(authed(pb::GetWaitlistSettingsRequest {}, &t)?)
                     .await
-                    .map_err(status)?
+                    .map_err(status_error)?
                     .into_inner()
                     .settings
             } else {
-                w.update_waitlist_settings(request(
+                w.update_waitlist_settings(authed(
                     pb::UpdateWaitlistSettingsRequest {
                         settings: Some(settings),
                         update_mask: Some(prost_types::FieldMask { paths }),
@@ -1265,7 +1233,7 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
                     &t,
                 )?)
                 .await
-                .map_err(status)?
+                .map_err(status_error)?
                 .into_inner()
                 .settings
             }
@@ -1282,35 +1250,6 @@ pub async fn run(args: RulesArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The dev stack's NATS URL: flag, NATS_URL, or the port file of its private server.
-fn nats_url(args: &RulesArgs) -> anyhow::Result<String> {
-    if let Some(url) = &args.nats_url {
-        return Ok(url.clone());
-    }
-    if let Ok(url) = std::env::var("NATS_URL")
-        && !url.is_empty()
-    {
-        return Ok(url);
-    }
-    let ports = args.dir.join("nats").join("ports");
-    std::fs::read_dir(&ports)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "ports"))
-        .find_map(|e| {
-            let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-            json.get("nats")?.as_array()?.first()?.as_str().map(str::to_string)
-        })
-        .with_context(|| {
-            format!(
-                "no NATS URL: pass --nats-url, set NATS_URL, or run `followup dev` (it writes its port under {})",
-                ports.display()
-            )
-        })
 }
 
 /// Publishes an event of the contract table from proto3 JSON, with its header fields filled in.
@@ -1342,7 +1281,7 @@ async fn publish(args: &RulesArgs, kind: &str, json: &str) -> anyhow::Result<()>
         .or_insert_with(|| event_id.clone().into());
     object
         .entry("tenantId")
-        .or_insert_with(|| args.tenant.clone().into());
+        .or_insert_with(|| args.access.tenant.clone().into());
     object.entry("occurredAt").or_insert_with(|| now.into());
     let event_id = object
         .get("eventId")
@@ -1352,25 +1291,15 @@ async fn publish(args: &RulesArgs, kind: &str, json: &str) -> anyhow::Result<()>
     let tenant = object
         .get("tenantId")
         .and_then(|v| v.as_str())
-        .unwrap_or(&args.tenant)
+        .unwrap_or(&args.access.tenant)
         .to_string();
     let descriptor = found.descriptor().context("no schema for the event")?;
     let dynamic = prost_reflect::DynamicMessage::deserialize(descriptor, value)
         .with_context(|| format!("not a valid {} in proto3 JSON", found.message))?;
     let subject = found.subject(&tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let url = nats_url(args)?;
-    let client = async_nats::connect(&url)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
-    let js = async_nats::jetstream::new(client);
-    let publish = async_nats::jetstream::message::PublishMessage::build()
-        .payload(dynamic.encode_to_vec().into())
-        .message_id(event_id.as_str());
-    js.send_publish(subject.clone(), publish)
-        .await
-        .with_context(|| format!("publishing on {subject}"))?
-        .await
-        .with_context(|| format!("no acknowledgement for {subject} (is the dev stack running?)"))?;
+    args.access
+        .publish_encoded(subject.clone(), &event_id, dynamic.encode_to_vec())
+        .await?;
     println!("published {subject} ({event_id})");
     Ok(())
 }

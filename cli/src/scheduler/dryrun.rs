@@ -10,7 +10,8 @@ use followup_proto::followup::scheduler::v1::waitlist_service_client::WaitlistSe
 use futures::StreamExt as _;
 use tonic::transport::Channel;
 
-use super::{Client, case_ref, duration, name, read_rule, request, status, time};
+use super::{Client, case_ref, duration, name, read_rule, time};
+use crate::client::{authed, status_error};
 
 pub async fn waitlist(addr: &str) -> anyhow::Result<WaitlistServiceClient<Channel>> {
     WaitlistServiceClient::connect(addr.to_string())
@@ -81,7 +82,7 @@ pub async fn preview(
     };
     let p = c
         .inner
-        .preview_rule(request(
+        .preview_rule(authed(
             pb::PreviewRuleRequest {
                 rule_source: Some(source),
                 target: Some(Target::CaseRef(common::CaseRef {
@@ -93,7 +94,7 @@ pub async fn preview(
             &c.token,
         )?)
         .await
-        .map_err(status)?
+        .map_err(status_error)?
         .into_inner();
     if p.would_enroll {
         println!("would enroll; local times in {}", p.time_zone);
@@ -190,7 +191,7 @@ pub async fn backtest(
     let start = chrono::Utc::now() - chrono::Duration::seconds(span(since)?);
     let mut stream = c
         .inner
-        .backtest_rule(request(
+        .backtest_rule(authed(
             pb::BacktestRuleRequest {
                 rule_source: Some(source),
                 start_time: Some(prost_types::Timestamp {
@@ -204,7 +205,7 @@ pub async fn backtest(
             &c.token,
         )?)
         .await
-        .map_err(status)?
+        .map_err(status_error)?
         .into_inner();
     let mut report = None;
     loop {
@@ -216,7 +217,7 @@ pub async fn backtest(
             }
         };
         let Some(update) = next else { break };
-        match update.map_err(status)?.update {
+        match update.map_err(status_error)?.update {
             Some(pb::backtest_rule_response::Update::Progress(p)) => {
                 eprint!("{}", bar(&p));
                 let _ = std::io::stderr().flush();

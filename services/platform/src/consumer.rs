@@ -86,6 +86,15 @@ pub trait Handler: Send + Sync + 'static {
         event: &Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// A key the event's work must not run concurrently with, such as its patient. Before applying a
+    /// batch the runner locks every key of it in one sorted order ([`crate::db::lock_keys`]), so batches
+    /// of concurrent workers and consumers that share keys queue instead of deadlocking (a handler that
+    /// locks per event, in delivery order, inside a batch transaction deadlocks under load). A handler
+    /// taking the same lock again (`pg_advisory_xact_lock(hashtextextended(key, 0))`) holds it already.
+    fn lock_key(&self, _event: &Envelope) -> Option<String> {
+        None
+    }
+
     /// Whether the runner hands a whole batch to [`Handler::handle_batch`] (true) or each event to
     /// [`Handler::handle`] in its own span (false, the default).
     const BATCHED: bool = false;
@@ -345,6 +354,13 @@ impl<H: Handler> Consumer<H> {
             .into_iter()
             .collect()
         };
+        let keys = self.lock_keys(
+            usable
+                .iter()
+                .copied()
+                .filter(|e| fresh.contains(&(e.tenant_id.clone(), e.event_id.clone()))),
+        );
+        crate::db::lock_keys(&mut tx, &keys).await?;
         let mut seen = HashSet::new();
         let mut outcomes = Vec::with_capacity(envelopes.len());
         let mut apply = Vec::with_capacity(envelopes.len());
@@ -406,6 +422,10 @@ impl<H: Handler> Consumer<H> {
             Ok(tx) => tx,
             Err(err) => return transient(err.to_string()),
         };
+        let keys = self.lock_keys(envelopes.iter().flatten());
+        if let Err(err) = crate::db::lock_keys(&mut tx, &keys).await {
+            return transient(err.to_string());
+        }
         let mut outcomes = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
             let Some(envelope) = envelope else {
@@ -424,6 +444,11 @@ impl<H: Handler> Consumer<H> {
             Ok(()) => outcomes,
             Err(err) => transient(err.to_string()),
         }
+    }
+
+    /// The handler's lock keys of these events.
+    fn lock_keys<'a>(&self, envelopes: impl Iterator<Item = &'a Envelope>) -> Vec<String> {
+        envelopes.filter_map(|e| self.handler.lock_key(e)).collect()
     }
 
     async fn apply_in_savepoint(

@@ -112,3 +112,21 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Takes a transaction-scoped advisory lock on each key (`hashtextextended(key, 0)`), all in one sorted
+/// order, so that transactions locking overlapping sets of keys queue instead of deadlocking. Taking a key
+/// again later in the same transaction, with the same hash, returns at once.
+pub async fn lock_keys(conn: &mut sqlx::PgConnection, keys: &[String]) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM (
+             SELECT DISTINCT hashtextextended(key, 0) AS k FROM UNNEST($1::text[]) AS key ORDER BY k
+         ) AS sorted",
+    )
+    .bind(keys)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

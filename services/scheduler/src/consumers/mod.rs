@@ -51,6 +51,52 @@ impl Handler for Events {
     async fn handle(&self, conn: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
         self.apply(conn, event).await
     }
+
+    /// The event's patient: each event locks its patient's facts (`facts::lock_patient`), and the runner
+    /// takes a batch's patients up front in one order, so concurrent batches never deadlock on them.
+    fn lock_key(&self, event: &Envelope) -> Option<String> {
+        patient_of(event).map(|patient| facts::patient_lock_key(&event.tenant_id, &patient))
+    }
+}
+
+/// The patient an event is about, for the events whose handling locks one.
+fn patient_of(e: &Envelope) -> Option<String> {
+    fn field<M: prost::Message + prost::Name + Default>(
+        e: &Envelope,
+        patient: impl FnOnce(M) -> String,
+    ) -> Option<String> {
+        e.decode::<M>().ok().map(patient)
+    }
+    let appointment = |a: Option<ev::Appointment>| a.unwrap_or_default().patient_id;
+    let patient = match e.event_type() {
+        "patient.upserted" => field(e, |m: ev::PatientUpserted| m.patient_id),
+        "appointment.booked" => field(e, |m: ev::AppointmentBooked| appointment(m.appointment)),
+        "appointment.cancelled" => {
+            field(e, |m: ev::AppointmentCancelled| appointment(m.appointment))
+        }
+        "appointment.no_show" => field(e, |m: ev::AppointmentNoShow| appointment(m.appointment)),
+        "appointment.attended" => field(e, |m: ev::AppointmentAttended| appointment(m.appointment)),
+        "enquiry.created" => field(e, |m: ev::EnquiryCreated| m.patient_id),
+        "consultation.completed" => field(e, |m: ev::ConsultationCompleted| m.patient_id),
+        "care_case.upserted" => field(e, |m: ev::CareCaseUpserted| m.patient_id),
+        "invoice.issued" => field(e, |m: ev::InvoiceIssued| m.patient_id),
+        "plans.plan_created" => field(e, |m: ev::PlanCreated| m.patient_id),
+        "plans.plan_sent" => field(e, |m: ev::PlanSent| m.patient_id),
+        "plans.plan_approved" => field(e, |m: ev::PlanApproved| m.patient_id),
+        "plans.plan_revised" => field(e, |m: ev::PlanRevised| m.patient_id),
+        "plans.item_completed" => field(e, |m: ev::PlanItemCompleted| m.patient_id),
+        "plans.plan_completed" => field(e, |m: ev::PlanCompleted| m.patient_id),
+        "plans.plan_cancelled" => field(e, |m: ev::PlanCancelled| m.patient_id),
+        "engagement.plan_viewed" => field(e, |m: ev::PlanViewed| m.patient_id),
+        "engagement.engagement_updated" => field(e, |m: ev::EngagementUpdated| m.patient_id),
+        "cases.case_status_changed" => field(e, |m: ev::CaseStatusChanged| m.patient_id),
+        "cases.case_owner_assigned" => field(e, |m: ev::CaseOwnerAssigned| m.patient_id),
+        "notifications.patient_replied" => field(e, |m: ev::PatientReplied| m.patient_id),
+        "notifications.contact_opted_out" => field(e, |m: ev::ContactOptedOut| m.patient_id),
+        "notifications.contact_opted_in" => field(e, |m: ev::ContactOptedIn| m.patient_id),
+        _ => None,
+    }?;
+    (!patient.is_empty()).then_some(patient)
 }
 
 fn time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {

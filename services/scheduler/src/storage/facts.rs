@@ -44,12 +44,14 @@ pub async fn lock_patient(conn: &mut PgConnection, tenant: &str, patient_id: &st
     if patient_id.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-        .bind(tenant)
-        .bind(patient_id)
-        .execute(&mut *conn)
-        .await?;
+    followup_platform::db::lock_keys(conn, &[patient_lock_key(tenant, patient_id)]).await?;
     Ok(())
+}
+
+/// The advisory lock key of a patient's facts: the consumers' runner takes a batch's keys up front in
+/// one order ([`followup_platform::db::lock_keys`]); [`lock_patient`] takes the same key again.
+pub fn patient_lock_key(tenant: &str, patient_id: &str) -> String {
+    format!("{tenant}/{patient_id}")
 }
 
 pub async fn patient_upserted(

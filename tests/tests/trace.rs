@@ -5,13 +5,14 @@
 //! test starts the receiver, runs itself again with the endpoint in the environment (the child starts
 //! the whole stack in-process, runs the journey under a root span and flushes), then reads what arrived.
 //!
-//! What is asserted is what propagates: the staff member's call, `SendPlan` in plans, the `plan_sent`
-//! event through the outbox and NATS to the scheduler (which enrolls the case) and to cases, and the
-//! scheduler's `enrollment_started` on to cases — one trace, each span the child of the one that caused
-//! it (a batched consumer's span the child of its event when the batch holds one, else linked to it).
-//! The hops that start new traces today — the patient's view (a browser request), the step the
-//! scheduler's timer fires later, the message the notifications worker sends later — are printed, not
-//! asserted; README "Traces" says why and what would join them.
+//! Asserted, one trace, each span the child of the one that caused it (a batched consumer's span the
+//! child of its event when the batch holds one, else linked to it): the staff member's call, `SendPlan`
+//! in plans; `plan_sent` through the outbox and NATS to the scheduler (which enrolls the case) and to
+//! cases; `enrollment_started` on to cases; the patient's view (beacons posted with the journey's
+//! `traceparent`, as an instrumented portal page would) through engagement's aggregator to cases; the
+//! step the scheduler's timer fires later (the enrollment stores its trace); `notification_requested`
+//! to notifications; the send its worker makes later (the message stores its trace); `message_sent` to
+//! cases.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -330,45 +331,79 @@ fn check(spans: &[Received]) {
         "cases consumed enrollment_started as a child of the enrollment: {cases_enrolled:#?}"
     );
 
-    // The hops that start their own trace today, for the record.
-    let report = |what: &str, found: Vec<&Received>| {
-        let joined = found
+    // The patient's view: the portal page sends the journey's traceparent with its beacons (as an
+    // instrumented page would), engagement carries it onto the BEACONS stream, and its aggregator's
+    // plan_viewed reaches cases in the same trace.
+    let beacon = spans
+        .iter()
+        .filter(in_trace)
+        .find(|s| s.name == "engagement.beacon")
+        .expect("engagement's beacon span is in the journey's trace");
+    let aggregated = consumer_span(spans, "engagement-beacons", "");
+    let aggregated = aggregated
+        .iter()
+        .find(|s| continues(spans, s, beacon))
+        .unwrap_or_else(|| {
+            panic!("engagement aggregated the beacon in its trace: {aggregated:#?}")
+        });
+    let cases_viewed = consumer_span(spans, "cases-engagement", "");
+    assert!(
+        cases_viewed.iter().any(|s| continues(spans, s, aggregated)),
+        "cases consumed plan_viewed in the journey's trace: {cases_viewed:#?}"
+    );
+
+    // The step the scheduler's timer fires later continues the enrollment's trace (stored with it), and
+    // its notification_requested reaches notifications as a child of the fired step.
+    let fired = spans
+        .iter()
+        .filter(|s| s.name == "scheduler.fire_step")
+        .find(|s| descends(spans, s, enrolled))
+        .unwrap_or_else(|| {
+            panic!(
+                "the fired step is a child of the enrollment: {:#?}",
+                spans
+                    .iter()
+                    .filter(|s| s.name == "scheduler.fire_step")
+                    .collect::<Vec<_>>()
+            )
+        });
+    let requested = consumer_span(
+        spans,
+        "notifications-requests",
+        "scheduler.notification_requested",
+    );
+    let requested = requested
+        .iter()
+        .find(|s| descends(spans, s, fired))
+        .unwrap_or_else(|| {
+            panic!("notifications took the request as a child of the fired step: {requested:#?}")
+        });
+
+    // The message the notifications worker sends later continues the trace the request stored, and
+    // message_sent reaches cases in it.
+    let delivered = spans
+        .iter()
+        .filter(|s| s.name == "notifications.deliver")
+        .find(|s| descends(spans, s, requested))
+        .unwrap_or_else(|| {
+            panic!(
+                "the delivery is a child of the request: {:#?}",
+                spans
+                    .iter()
+                    .filter(|s| s.name == "notifications.deliver")
+                    .collect::<Vec<_>>()
+            )
+        });
+    let cases_sent_message = consumer_span(spans, "cases-notifications", "");
+    assert!(
+        cases_sent_message
             .iter()
-            .any(|s| s.trace == trace || s.links.iter().any(|(t, _)| *t == trace));
-        println!(
-            "{what:<48} {}",
-            if found.is_empty() {
-                "no span".to_string()
-            } else if joined {
-                "in the journey's trace".to_string()
-            } else {
-                format!("own trace ({} spans)", found.len())
-            }
-        );
-    };
+            .any(|s| continues(spans, s, delivered)),
+        "cases consumed message_sent in the journey's trace: {cases_sent_message:#?}"
+    );
     println!(
         "journey trace {trace}: {} spans in it, {} exported",
         spans.iter().filter(in_trace).count(),
         spans.len()
-    );
-    report(
-        "viewed: engagement aggregates the beacons",
-        consumer_span(spans, "engagement-beacons", ""),
-    );
-    report(
-        "viewed: cases takes plan_viewed",
-        consumer_span(spans, "cases-engagement", ""),
-    );
-    report(
-        "step fired: notifications takes the request",
-        consumer_span(
-            spans,
-            "notifications-requests",
-            "scheduler.notification_requested",
-        ),
-    );
-    report(
-        "message sent: cases takes message_sent",
-        consumer_span(spans, "cases-notifications", ""),
     );
 }

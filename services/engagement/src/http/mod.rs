@@ -26,6 +26,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::{Message, Name};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::Settings;
@@ -235,18 +236,35 @@ impl Ingest {
         nats_headers.insert("ce-type", BeaconBatch::full_name().as_str());
         nats_headers.insert("ce-source", "followup/engagement");
         nats_headers.insert("ce-id", batch_id.as_str());
+        // The view's trace: the portal page's own when it sent a traceparent (fetch can; sendBeacon
+        // cannot), else a new one. It travels on the BEACONS stream, so the aggregator's plan_viewed and
+        // everything that follows from it (the scheduler's timer, the message) belong to this view.
+        let span = tracing::info_span!("engagement.beacon", tenant = %portal.tenant, plan_id = %portal.plan_id);
+        followup_platform::telemetry::set_parent_from(
+            &span,
+            &followup_platform::telemetry::HttpHeadersRef(headers),
+        );
+        span.in_scope(|| {
+            followup_platform::telemetry::inject_current(
+                &mut followup_platform::telemetry::NatsHeaders(&mut nats_headers),
+            )
+        });
         let publish = PublishMessage::build()
             .payload(batch.encode_to_vec().into())
             .headers(nats_headers)
             .message_id(batch_id);
-        let stored = tokio::time::timeout(self.publish_timeout, async {
-            let ack = self
-                .js
-                .send_publish(subject, publish)
-                .await
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-            ack.await.map_err(|e| Error::Unavailable(e.to_string()))
-        })
+        let stored = tokio::time::timeout(
+            self.publish_timeout,
+            async {
+                let ack = self
+                    .js
+                    .send_publish(subject, publish)
+                    .await
+                    .map_err(|e| Error::Unavailable(e.to_string()))?;
+                ack.await.map_err(|e| Error::Unavailable(e.to_string()))
+            }
+            .instrument(span),
+        )
         .await
         .map_err(|_| Error::Unavailable("no PubAck within the publish timeout".into()))??;
         Ok((checked.events.len(), stored.duplicate))

@@ -10,6 +10,7 @@ use followup_platform::shutdown::Shutdown;
 use futures::StreamExt;
 use minijinja::Value;
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::HELP_CATEGORY;
@@ -111,6 +112,17 @@ impl Writes {
     }
 }
 
+/// The span of one message's delivery (decide, send, record): a child of the trace that created the
+/// message, so the provider call belongs to the patient journey that asked for it.
+fn delivery_span(row: &MessageRow) -> tracing::Span {
+    let span =
+        tracing::info_span!("notifications.deliver", tenant = %row.tenant_id, message_id = %row.id);
+    if !row.traceparent.is_empty() {
+        followup_platform::telemetry::continue_trace(&span, &row.traceparent);
+    }
+    span
+}
+
 /// What the first transaction knows about the batch's recipients.
 struct Context {
     contacts: HashMap<(String, String), ContactRow>,
@@ -133,11 +145,15 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
     let started = std::time::Instant::now();
     let now = Utc::now();
     let mut ctx = load_context(&mut tx, app, &rows, now).await?;
-    let mut jobs: Vec<(MessageRow, Job)> = Vec::new();
+    let mut jobs: Vec<(MessageRow, Job, tracing::Span)> = Vec::new();
     let mut writes = Writes::default();
     for row in rows {
-        if let Some(job) = prepare(app, &mut tx, &mut ctx, &mut writes, row, now).await? {
-            jobs.push(job);
+        let span = delivery_span(&row);
+        if let Some((row, job)) = prepare(app, &mut tx, &mut ctx, &mut writes, row, now)
+            .instrument(span.clone())
+            .await?
+        {
+            jobs.push((row, job, span));
         }
     }
     writes.flush(&mut tx).await?;
@@ -148,10 +164,10 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
     }
 
     let concurrency = app.settings.delivery.send_concurrency.max(1);
-    let results: Vec<(MessageRow, Job, Sent)> = futures::stream::iter(jobs)
-        .map(|(row, job)| async move {
-            let sent = providers::send(app, &job).await;
-            (row, job, sent)
+    let results: Vec<(MessageRow, Job, Sent, tracing::Span)> = futures::stream::iter(jobs)
+        .map(|(row, job, span)| async move {
+            let sent = providers::send(app, &job).instrument(span.clone()).await;
+            (row, job, sent, span)
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -159,8 +175,8 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
     let sent = started.elapsed();
 
     let mut writes = Writes::default();
-    for (row, job, answer) in results {
-        record(app, &mut writes, row, &job, answer);
+    for (row, job, answer, span) in results {
+        span.in_scope(|| record(app, &mut writes, row, &job, answer));
     }
     let mut tx = app.pool.begin().await?;
     writes.flush(&mut tx).await?;

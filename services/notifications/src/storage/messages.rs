@@ -61,6 +61,9 @@ pub struct MessageRow {
     pub delivered_at: Option<DateTime<Utc>>,
     pub requested_by: String,
     pub request_event_id: String,
+    /// The W3C traceparent of the request or event that created the message, so that its send, which a
+    /// worker does later, continues that trace.
+    pub traceparent: String,
 }
 
 pub const COLUMNS: &str = "tenant_id, id, idempotency_key, channel, category, transactional, automated, patient_id, \
@@ -68,7 +71,7 @@ pub const COLUMNS: &str = "tenant_id, id, idempotency_key, channel, category, tr
     task, owner_staff_id, webhook_endpoint_id, plan_id, rendered_subject, rendered_body, rendered_html, sms_encoding, \
     segment_count, character_count, status, due_at, deferral_reason, suppression_reason, suppression_detail, \
     failure_reason, provider, provider_message_id, attempt_count, not_before, expire_at, counted_at, created_at, \
-    sent_at, delivered_at, requested_by, request_event_id";
+    sent_at, delivered_at, requested_by, request_event_id, traceparent";
 
 /// Creates the message unless one with the same (tenant, idempotency key) exists. True when created.
 pub async fn insert(conn: &mut PgConnection, m: &MessageRow) -> Result<bool, sqlx::Error> {
@@ -76,9 +79,10 @@ pub async fn insert(conn: &mut PgConnection, m: &MessageRow) -> Result<bool, sql
         "INSERT INTO messages (tenant_id, id, idempotency_key, channel, category, transactional, automated,
             patient_id, staff_id, direct_contact, to_address, case_plan_id, case_care_case_id, enrollment_id,
             template_key, variables, task, owner_staff_id, webhook_endpoint_id, plan_id, rendered_subject,
-            rendered_body, status, due_at, not_before, expire_at, requested_by, request_event_id, created_at)
+            rendered_body, status, due_at, not_before, expire_at, requested_by, request_event_id, created_at,
+            traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-            $22, $23, $24, $25, $26, $27, $28, $29)
+            $22, $23, $24, $25, $26, $27, $28, $29, $30)
          ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
     )
     .bind(&m.tenant_id)
@@ -110,6 +114,11 @@ pub async fn insert(conn: &mut PgConnection, m: &MessageRow) -> Result<bool, sql
     .bind(&m.requested_by)
     .bind(&m.request_event_id)
     .bind(m.created_at)
+    .bind(if m.traceparent.is_empty() {
+        followup_platform::telemetry::current_traceparent().unwrap_or_default()
+    } else {
+        m.traceparent.clone()
+    })
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -227,8 +227,8 @@ pub async fn enroll(
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO enrollments (tenant_id, enrollment_id, rule_id, rule_version, subject_key, case_kind,
                                   case_id, patient_id, recipient, variables, state, trigger, trigger_event_id,
-                                  trigger_at, time_zone, started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $12, $13, $14, $15)
+                                  trigger_at, time_zone, started_at, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $12, $13, $14, $15, $16)
          ON CONFLICT (tenant_id, rule_id, subject_key) WHERE state = 'active' DO NOTHING
          RETURNING enrollment_id",
     )
@@ -247,6 +247,8 @@ pub async fn enroll(
     .bind(t.trigger_at)
     .bind(tz.name())
     .bind(now)
+    // The trace of what enrolled the case: each step the timer fires later continues it.
+    .bind(followup_platform::telemetry::current_traceparent().unwrap_or_default())
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_none() {

@@ -41,11 +41,12 @@ struct Claimed {
     owner_staff_id: Option<String>,
     portal_url: Option<String>,
     default_owner_staff_id: Option<String>,
+    traceparent: String,
 }
 
 const CLAIM_RETURNING: &str = "RETURNING s.tenant_id, s.due_at, s.enrollment_id, s.step_index, s.is_last, e.rule_id,
     e.rule_version, e.case_kind, e.case_id, e.patient_id, e.recipient, e.variables, c.owner_staff_id,
-    c.portal_url, st.default_owner_staff_id";
+    c.portal_url, st.default_owner_staff_id, e.traceparent";
 
 /// The due steps of every clinic, earliest first: the timer's claim.
 fn claim_due_sql() -> String {
@@ -95,6 +96,20 @@ pub struct Fired {
     pub finished: usize,
     /// How late the latest-fired step of the batch was (fire time minus due time).
     pub max_lateness: chrono::Duration,
+}
+
+/// The span of one fired step: a child of the trace that started its enrollment.
+fn step_span(step: &Claimed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "scheduler.fire_step",
+        tenant = %step.tenant_id,
+        enrollment_id = %step.enrollment_id,
+        step = step.step_index,
+    );
+    if !step.traceparent.is_empty() {
+        followup_platform::telemetry::continue_trace(&span, &step.traceparent);
+    }
+    span
 }
 
 /// Claims up to `limit` due steps of any clinic and fires them, in the caller's transaction.
@@ -203,10 +218,12 @@ async fn fire_claimed(
             Some(request) => {
                 let subject = followup_proto::subjects::Event::subject(&request)
                     .map_err(|e| Error::Corrupt(format!("tenant id: {e}")))?;
-                events.push(
-                    OutgoingEvent::new(crate::INFO.name, subject, &request)
-                        .map_err(followup_platform::outbox::OutboxError::from)?,
-                );
+                // The request carries the enrollment's trace, so the message it causes joins the journey.
+                let span = step_span(step);
+                let event = span
+                    .in_scope(|| OutgoingEvent::new(crate::INFO.name, subject, &request))
+                    .map_err(followup_platform::outbox::OutboxError::from)?;
+                events.push(event);
             }
             None => skipped.push((
                 step.tenant_id.clone(),

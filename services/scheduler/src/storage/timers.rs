@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use followup_proto::followup::common::v1::{CaseKind, CaseStatus};
 use followup_proto::followup::scheduler::v1::TriggerType;
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::enroll::{self, Enrolled, PlayingRule, Triggered};
@@ -43,12 +44,13 @@ pub async fn arm(conn: &mut PgConnection, timer: &Timer) -> Result<()> {
         .unwrap_or((0, String::new()));
     sqlx::query(
         "INSERT INTO trigger_timers (tenant_id, rule_id, timer_key, subject_key, case_kind, case_id, patient_id,
-                                     anchor_at, due_at, trigger, cause_event_id, variables)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                     anchor_at, due_at, trigger, cause_event_id, variables, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (tenant_id, rule_id, timer_key) DO UPDATE SET
              subject_key = EXCLUDED.subject_key, case_kind = EXCLUDED.case_kind, case_id = EXCLUDED.case_id,
              patient_id = EXCLUDED.patient_id, anchor_at = EXCLUDED.anchor_at, due_at = EXCLUDED.due_at,
-             trigger = EXCLUDED.trigger, cause_event_id = EXCLUDED.cause_event_id, variables = EXCLUDED.variables
+             trigger = EXCLUDED.trigger, cause_event_id = EXCLUDED.cause_event_id, variables = EXCLUDED.variables,
+             traceparent = EXCLUDED.traceparent
          WHERE trigger_timers.anchor_at <= EXCLUDED.anchor_at",
     )
     .bind(&timer.tenant)
@@ -63,6 +65,8 @@ pub async fn arm(conn: &mut PgConnection, timer: &Timer) -> Result<()> {
     .bind(&timer.trigger)
     .bind(&timer.cause_event_id)
     .bind(serde_json::to_value(&timer.variables).unwrap_or_default())
+    // The trace of the event that armed the timer: the enrollment it may start later continues it.
+    .bind(followup_platform::telemetry::current_traceparent().unwrap_or_default())
     .execute(&mut *conn)
     .await?;
     wake_timers(conn).await
@@ -92,6 +96,7 @@ struct DueTimer {
     trigger: String,
     cause_event_id: String,
     variables: serde_json::Value,
+    traceparent: String,
 }
 
 /// Claims up to `limit` due timers of any clinic and enrolls what still applies. Returns how many
@@ -104,12 +109,20 @@ pub async fn fire_due(store: &Store, conn: &mut PgConnection, limit: i64) -> Res
              WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) d
          WHERE t.tenant_id = d.tenant_id AND t.rule_id = d.rule_id AND t.timer_key = d.timer_key
          RETURNING t.tenant_id, t.rule_id, t.timer_key, t.subject_key, t.patient_id, t.anchor_at, t.due_at,
-                   t.trigger, t.cause_event_id, t.variables",
+                   t.trigger, t.cause_event_id, t.variables, t.traceparent",
     )
     .bind(now)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
+    // The patients of the whole claim, in the consumers' lock order, so this round and their batches
+    // queue on each other instead of deadlocking.
+    let keys: Vec<String> = due
+        .iter()
+        .filter(|t| !t.patient_id.is_empty())
+        .map(|t| facts::patient_lock_key(&t.tenant_id, &t.patient_id))
+        .collect();
+    followup_platform::db::lock_keys(conn, &keys).await?;
     for timer in &due {
         let Some(rule) = enroll::playing_rule(store, conn, &timer.tenant_id, timer.rule_id).await?
         else {
@@ -133,7 +146,13 @@ pub async fn fire_due(store: &Store, conn: &mut PgConnection, limit: i64) -> Res
             trigger_event_id: timer.cause_event_id.clone(),
             trigger_at: timer.due_at,
         };
-        let outcome = enroll::enroll(store, conn, &rule, &triggered).await?;
+        let span = tracing::info_span!("scheduler.trigger_timer", tenant = %timer.tenant_id, rule_id = %timer.rule_id);
+        if !timer.traceparent.is_empty() {
+            followup_platform::telemetry::continue_trace(&span, &timer.traceparent);
+        }
+        let outcome = enroll::enroll(store, conn, &rule, &triggered)
+            .instrument(span)
+            .await?;
         if let Enrolled::Skipped(why) = outcome {
             tracing::debug!(tenant = %timer.tenant_id, rule_id = %timer.rule_id, why, "timer enrolled nothing");
         }

@@ -185,12 +185,16 @@ enum RulesCommand {
     Claim { offer: String },
     /// Shows the clinic's refill settings, or changes the ones given.
     RefillSettings {
+        /// Offers sent per batch.
         #[arg(long)]
         batch_size: Option<i32>,
+        /// Minutes between batches while the slot is open.
         #[arg(long)]
         interval_minutes: Option<i64>,
+        /// Stop offering when the slot starts within this many minutes.
         #[arg(long)]
         cutoff_minutes: Option<i64>,
+        /// Whether cancelled slots are offered at all.
         #[arg(long)]
         enabled: Option<bool>,
     },

@@ -52,28 +52,7 @@ impl Access {
 
     /// NATS: `--nats-url`, NATS_URL, or the port file the dev stack's private server writes.
     pub fn nats_url(&self) -> anyhow::Result<String> {
-        if let Some(url) = &self.nats_url {
-            return Ok(url.clone());
-        }
-        if let Ok(url) = std::env::var("NATS_URL")
-            && !url.is_empty()
-        {
-            return Ok(url);
-        }
-        let ports = self.dir.join("nats").join("ports");
-        std::fs::read_dir(&ports)
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "ports"))
-            .find_map(|e| read_ports(&e.path()))
-            .with_context(|| {
-                format!(
-                    "no NATS URL: pass --nats-url, set NATS_URL, or run `followup dev` (it writes its port under {})",
-                    ports.display()
-                )
-            })
+        dev_nats_url(self.nats_url.as_deref(), &self.dir)
     }
 
     /// Publishes an event as a clinic system would: protobuf on its subject, `Nats-Msg-Id` = its
@@ -110,6 +89,33 @@ impl Access {
             })?;
         Ok(())
     }
+}
+
+/// NATS for a command: the URL given, else NATS_URL, else the port file the dev stack's private
+/// nats-server wrote under `dir`.
+pub fn dev_nats_url(given: Option<&str>, dir: &Path) -> anyhow::Result<String> {
+    if let Some(url) = given {
+        return Ok(url.to_string());
+    }
+    if let Ok(url) = std::env::var("NATS_URL")
+        && !url.is_empty()
+    {
+        return Ok(url);
+    }
+    let ports = dir.join("nats").join("ports");
+    std::fs::read_dir(&ports)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ports"))
+        .find_map(|e| read_ports(&e.path()))
+        .with_context(|| {
+            format!(
+                "no NATS URL: pass --nats-url, set NATS_URL, or run `followup dev` (it writes its port under {})",
+                ports.display()
+            )
+        })
 }
 
 fn read_ports(path: &Path) -> Option<String> {

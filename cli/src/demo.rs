@@ -379,41 +379,6 @@ fn secs(d: Option<&prost_types::Duration>) -> f64 {
 
 // ===== NATS: the clinic system =====
 
-fn nats_url(args: &DemoArgs) -> anyhow::Result<String> {
-    if let Some(url) = &args.nats_url {
-        return Ok(url.clone());
-    }
-    if let Ok(url) = std::env::var("NATS_URL")
-        && !url.is_empty()
-    {
-        return Ok(url);
-    }
-    let ports = args.dir.join("nats").join("ports");
-    std::fs::read_dir(&ports)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "ports"))
-        .find_map(|e| read_ports(&e.path()))
-        .with_context(|| {
-            format!(
-                "no NATS URL: pass --nats-url, set NATS_URL, or run `followup dev` (it writes its port under {})",
-                ports.display()
-            )
-        })
-}
-
-fn read_ports(path: &Path) -> Option<String> {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json.get("nats")?
-        .as_array()?
-        .first()?
-        .as_str()
-        .map(str::to_string)
-}
-
 /// Publishes clinic events as a practice-management system would: protobuf, `Nats-Msg-Id` = event id,
 /// waiting for JetStream's acknowledgement.
 struct ClinicSystem {
@@ -595,7 +560,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             connect("notifications", &args.notifications_addr, &bearer).await?,
         ),
     };
-    let url = nats_url(&args)?;
+    let url = crate::client::dev_nats_url(args.nats_url.as_deref(), &args.dir)?;
     let nats = async_nats::connect(&url)
         .await
         .with_context(|| format!("connecting to NATS at {url} (--nats-url)"))?;

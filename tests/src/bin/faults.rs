@@ -48,7 +48,7 @@ use followup_platform::auth::Role;
 use followup_platform::event::{new_event_id, now_timestamp, timestamp};
 use followup_proto::followup::cases::v1 as cases;
 use followup_proto::followup::common::v1::{
-    CaseKind, CaseStatus, Channel, Money, PortalSection, Slot, StopReason,
+    CaseKind, CaseStatus, Channel, PortalSection, Slot, StopReason,
 };
 use followup_proto::followup::events::v1 as ev;
 use followup_proto::followup::notifications::v1 as notifications;
@@ -269,56 +269,7 @@ async fn set_up_clinic(api: &Api, zone: &str) -> anyhow::Result<()> {
         }
     })
     .await?;
-    let (schedule, _) = retry("fee schedule", within, || {
-        let mut c = api.catalog.clone();
-        async move {
-            c.create_fee_schedule(plans::CreateFeeScheduleRequest {
-                fee_schedule: Some(plans::FeeSchedule {
-                    name: "Standard".into(),
-                    currency: "USD".into(),
-                    is_default: true,
-                    ..Default::default()
-                }),
-                copy_fees_from_fee_schedule_id: String::new(),
-            })
-            .await
-        }
-    })
-    .await?;
-    let schedule_id = schedule
-        .fee_schedule
-        .map(|s| s.fee_schedule_id)
-        .unwrap_or_default();
-    retry("codes", within, || {
-        let mut c = api.catalog.clone();
-        async move {
-            c.copy_master_codes(plans::CopyMasterCodesRequest {
-                codes: vec!["D2740".into()],
-                ..Default::default()
-            })
-            .await
-        }
-    })
-    .await?;
-    retry("fees", within, || {
-        let mut c = api.catalog.clone();
-        let schedule_id = schedule_id.clone();
-        async move {
-            c.set_fees(plans::SetFeesRequest {
-                fee_schedule_id: schedule_id,
-                fees: vec![plans::Fee {
-                    code: "D2740".into(),
-                    amount: Some(Money {
-                        amount_minor: 120_000,
-                        currency: "USD".into(),
-                    }),
-                }],
-                remove_codes: vec![],
-            })
-            .await
-        }
-    })
-    .await?;
+    api.set_up_catalogue().await?;
 
     // The follow-up rule at demo speed.
     let send = |template: &str| scheduler::Step {

@@ -347,7 +347,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let api = apis[c].clone();
         let real_plans = real_plans.clone();
         async move {
-            set_up_catalogue(&api).await?;
+            api.set_up_catalogue().await?;
             for k in 0..5 {
                 let plan_id = plan_journey(&api, &format!("rp-{c}-{k}")).await?;
                 real_plans.lock().await.push((c, plan_id));
@@ -763,61 +763,6 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!("{cores} cores ({cpu}), {mem}")
-}
-
-async fn set_up_catalogue(api: &Api) -> anyhow::Result<()> {
-    let within = Duration::from_secs(60);
-    let (schedule, _) = retry("fee schedule", within, || {
-        let mut c = api.catalog.clone();
-        async move {
-            c.create_fee_schedule(plans::CreateFeeScheduleRequest {
-                fee_schedule: Some(plans::FeeSchedule {
-                    name: "Standard".into(),
-                    currency: "USD".into(),
-                    is_default: true,
-                    ..Default::default()
-                }),
-                copy_fees_from_fee_schedule_id: String::new(),
-            })
-            .await
-        }
-    })
-    .await?;
-    let schedule_id = schedule
-        .fee_schedule
-        .map(|s| s.fee_schedule_id)
-        .unwrap_or_default();
-    retry("codes", within, || {
-        let mut c = api.catalog.clone();
-        async move {
-            c.copy_master_codes(plans::CopyMasterCodesRequest {
-                codes: vec!["D2740".into()],
-                ..Default::default()
-            })
-            .await
-        }
-    })
-    .await?;
-    retry("fees", within, || {
-        let mut c = api.catalog.clone();
-        let schedule_id = schedule_id.clone();
-        async move {
-            c.set_fees(plans::SetFeesRequest {
-                fee_schedule_id: schedule_id,
-                fees: vec![plans::Fee {
-                    code: "D2740".into(),
-                    amount: Some(Money {
-                        amount_minor: 120_000,
-                        currency: "USD".into(),
-                    }),
-                }],
-                remove_codes: vec![],
-            })
-            .await
-        }
-    })
-    .await?;
-    Ok(())
 }
 
 /// CreatePlan, CreatePlanItem, SendPlan (no retries: a failure counts).

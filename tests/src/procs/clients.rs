@@ -12,8 +12,10 @@ use bytes::Bytes;
 use followup_platform::auth::Role;
 use followup_platform::event::OutgoingEvent;
 use followup_proto::followup::cases::v1::cases_service_client::CasesServiceClient;
+use followup_proto::followup::common::v1::Money;
 use followup_proto::followup::engagement::v1::engagement_service_client::EngagementServiceClient;
 use followup_proto::followup::notifications::v1::notifications_service_client::NotificationsServiceClient;
+use followup_proto::followup::plans::v1 as plans;
 use followup_proto::followup::plans::v1::catalog_service_client::CatalogServiceClient;
 use followup_proto::followup::plans::v1::plans_service_client::PlansServiceClient;
 use followup_proto::followup::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
@@ -58,6 +60,65 @@ pub struct Api {
     pub engagement: EngagementServiceClient<Authed>,
     pub scheduler: SchedulerServiceClient<Authed>,
     pub notifications: NotificationsServiceClient<Authed>,
+}
+
+impl Api {
+    /// The clinic's catalogue for the runs' plans: a default USD fee schedule, and code D2740 (a crown)
+    /// copied from the master list at 1,200.00.
+    pub async fn set_up_catalogue(&self) -> anyhow::Result<()> {
+        let within = Duration::from_secs(60);
+        let (schedule, _) = retry("fee schedule", within, || {
+            let mut c = self.catalog.clone();
+            async move {
+                c.create_fee_schedule(plans::CreateFeeScheduleRequest {
+                    fee_schedule: Some(plans::FeeSchedule {
+                        name: "Standard".into(),
+                        currency: "USD".into(),
+                        is_default: true,
+                        ..Default::default()
+                    }),
+                    copy_fees_from_fee_schedule_id: String::new(),
+                })
+                .await
+            }
+        })
+        .await?;
+        let schedule_id = schedule
+            .fee_schedule
+            .map(|s| s.fee_schedule_id)
+            .unwrap_or_default();
+        retry("codes", within, || {
+            let mut c = self.catalog.clone();
+            async move {
+                c.copy_master_codes(plans::CopyMasterCodesRequest {
+                    codes: vec!["D2740".into()],
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .await?;
+        retry("fees", within, || {
+            let mut c = self.catalog.clone();
+            let schedule_id = schedule_id.clone();
+            async move {
+                c.set_fees(plans::SetFeesRequest {
+                    fee_schedule_id: schedule_id,
+                    fees: vec![plans::Fee {
+                        code: "D2740".into(),
+                        amount: Some(Money {
+                            amount_minor: 120_000,
+                            currency: "USD".into(),
+                        }),
+                    }],
+                    remove_codes: vec![],
+                })
+                .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
 }
 
 impl System {

@@ -12,7 +12,8 @@
 //! follow-up and hot-enquiry rules playing and its delivery settings; a fee schedule and a few real
 //! plans in the first 100 clinics; then `--enrollments` `plan_sent` events published as the plans
 //! service would (spread over the clinics), and the run waits until the scheduler holds an enrollment
-//! for each and the cases service a case.
+//! for each and the cases service a case, and then until every durable consumer has drained what the
+//! seed set off.
 //!
 //! Load (`--duration-secs`): beacons to engagement's HTTP ingest at `--beacon-rate` (one event each,
 //! portal tokens of the seeded plans, so first views become `plan_viewed` and the facts
@@ -397,6 +398,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "the scheduler enrolled {enrolled} of {} seeded plans within 30 minutes",
             args.enrollments
         );
+    }
+    // The seed's own cascade (cases' status events to the scheduler, enrollment_started to cases, ...)
+    // settles before the load starts, so the load's figures are the load's.
+    let settling = Instant::now();
+    while settling.elapsed() < Duration::from_secs(900) {
+        if consumer_backlog(&publisher).await.values().sum::<u64>() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let left = consumer_backlog(&publisher).await.values().sum::<u64>();
+    eprintln!(
+        "the seed's events settled in {:.0} s (backlog {left})",
+        settling.elapsed().as_secs_f64()
+    );
+    if left > 0 {
+        bail!("{left} events of the seed were still queued after 15 minutes");
     }
 
     // Portal links of the seeded plans, as plans would have signed them.

@@ -12,8 +12,8 @@
 //! follow-up and hot-enquiry rules playing and its delivery settings; a fee schedule and a few real
 //! plans in the first 100 clinics; then `--enrollments` `plan_sent` events published as the plans
 //! service would (spread over the clinics), and the run waits until the scheduler holds an enrollment
-//! for each and the cases service a case, and then until every durable consumer has drained what the
-//! seed set off.
+//! for each and the cases service a case, and then until every outbox and every durable consumer has
+//! drained what the seed set off.
 //!
 //! Load (`--duration-secs`): beacons to engagement's HTTP ingest at `--beacon-rate` (one event each,
 //! portal tokens of the seeded plans, so first views become `plan_viewed` and the facts
@@ -400,15 +400,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     // The seed's own cascade (cases' status events to the scheduler, enrollment_started to cases, ...)
-    // settles before the load starts, so the load's figures are the load's.
+    // settles before the load starts, so the load's figures are the load's: no event waiting in any
+    // service's outbox and none in any durable consumer.
+    let mut outboxes = Vec::new();
+    for svc in Svc::ALL {
+        outboxes.push(system.db(svc).await?);
+    }
     let settling = Instant::now();
+    let mut left = u64::MAX;
     while settling.elapsed() < Duration::from_secs(900) {
-        if consumer_backlog(&publisher).await.values().sum::<u64>() == 0 {
+        let mut unpublished = 0_i64;
+        for db in &outboxes {
+            unpublished += sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap_or(1);
+        }
+        left = consumer_backlog(&publisher).await.values().sum::<u64>()
+            + u64::try_from(unpublished).unwrap_or(0);
+        if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let left = consumer_backlog(&publisher).await.values().sum::<u64>();
     eprintln!(
         "the seed's events settled in {:.0} s (backlog {left})",
         settling.elapsed().as_secs_f64()

@@ -853,35 +853,8 @@ pub mod scenario {
         }
     }
 
-    /// The beacons a browser's `beacon.js` posts for a page view: open, time on each section, a
-    /// heartbeat and the close of `pagehide`.
-    pub fn page_view(
-        token: &str,
-        plan_id: &str,
-        session_id: &str,
-        sections: &[(&str, i64)],
-    ) -> serde_json::Value {
-        let mut events = vec![serde_json::json!({"id": format!("{session_id}.1"), "kind": "open"})];
-        let mut total = 0;
-        for (i, (section, ms)) in sections.iter().enumerate() {
-            total += ms;
-            events.push(serde_json::json!({
-                "id": format!("{session_id}.{}", i + 2),
-                "kind": "section_visible",
-                "section": section,
-                "visible_ms": ms,
-            }));
-        }
-        let n = events.len();
-        events.push(serde_json::json!({"id": format!("{session_id}.{}", n + 1), "kind": "heartbeat", "visible_ms": total}));
-        events.push(serde_json::json!({"id": format!("{session_id}.{}", n + 2), "kind": "close"}));
-        serde_json::json!({
-            "token": token,
-            "session_id": session_id,
-            "plan_id": plan_id,
-            "events": events,
-        })
-    }
+    /// The beacons a browser's `beacon.js` posts for a page view (shared with the process harness).
+    pub use crate::procs::page_view;
 }
 
 /// The five service binaries as child processes, with kill -9 and restart (fault and load runs).

@@ -372,25 +372,10 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
-/// A time zone where it is early afternoon now (an `Etc/GMT±N` zone), so that no message of a run
-/// waits for the end of quiet hours.
+/// A zone where it is daytime now, by name, so that no message of a run waits for the end of quiet
+/// hours (the in-process harness's choice, [`crate::daytime_zone`]).
 pub fn daytime_zone() -> String {
-    use chrono::Timelike as _;
-    let hour = chrono::Utc::now().hour() as i32;
-    // Local 13:00: offset = 13 - UTC hour, within the zones that exist (UTC-12 … UTC+14).
-    let mut offset = 13 - hour;
-    if offset > 14 {
-        offset -= 24;
-    }
-    if offset < -12 {
-        offset += 24;
-    }
-    // Etc/GMT signs are inverted (POSIX): UTC+3 is Etc/GMT-3.
-    match offset {
-        0 => "Etc/UTC".to_string(),
-        o if o > 0 => format!("Etc/GMT-{o}"),
-        o => format!("Etc/GMT+{}", -o),
-    }
+    crate::daytime_zone().0.to_string()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Followup's contracts, generated from `proto/followup/**.proto`.
 //!
 //! - `followup::<area>::v1`: the gRPC API of each service (messages, clients, servers);
-//! - `followup::events::v1`: every event carried on NATS (DESIGN §3);
+//! - `followup::events::v1`: every event carried on NATS (docs/ARCHITECTURE.md#events);
 //! - [`subjects`]: the stream and subject of each event, built and parsed from one table;
 //! - [`FILE_DESCRIPTOR_SET`] / [`descriptor_pool`]: the same schemas at run time, for gRPC reflection and
 //!   for proto3 JSON (a publisher may send `Content-Type: application/json`).

@@ -1,4 +1,4 @@
-//! Where every event travels: its JetStream stream, its NATS subject, its protobuf message (DESIGN §3).
+//! Where every event travels: its JetStream stream, its NATS subject, its protobuf message (docs/ARCHITECTURE.md#events).
 //!
 //! One table, [`EVENTS`], written once in the `events!` invocation below, is the source of truth. From it:
 //!
@@ -178,7 +178,7 @@ pub trait Event: prost::Name + prost::Message + Default {
 /// Declares the table and implements [`Event`] for each message in it: one line per event.
 macro_rules! events {
     ($($stream:ident $tail:literal => $message:ident,)*) => {
-        /// Every event kind of Followup, grouped by stream (DESIGN §3).
+        /// Every event kind of Followup, grouped by stream (docs/ARCHITECTURE.md#events).
         pub static EVENTS: &[EventKind] = &[
             $(<ev::$message as Event>::KIND,)*
         ];

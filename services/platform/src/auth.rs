@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuthConfig;
 use crate::event::is_valid_tenant;
 
-/// Staff roles of DESIGN §1, plus `system` for integrations.
+/// Staff roles (docs/ARCHITECTURE.md#tokens-and-roles), plus `system` for integrations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

@@ -1,4 +1,4 @@
-//! Every JetStream stream of DESIGN §3, declared here and nowhere else, and durable consumers.
+//! Every JetStream stream (docs/ARCHITECTURE.md#streams), declared here and nowhere else, and durable consumers.
 //!
 //! Each service declares the streams at start (create or update, idempotent, racing replicas welcome), so
 //! a fresh NATS cluster needs no separate setup job; `deploy/` documents the same settings for operators.
@@ -49,7 +49,7 @@ pub struct StreamSpec {
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The streams of DESIGN §3.
+/// The streams of docs/ARCHITECTURE.md#streams.
 pub fn streams() -> [StreamSpec; 4] {
     [
         StreamSpec {

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Relay;
 use crate::shutdown::Shutdown;
 
-/// A service's name and default ports (DESIGN §3).
+/// A service's name and default ports (docs/ARCHITECTURE.md#services).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
     /// `plans`, `cases`, …: the env prefix (`FOLLOWUP_PLANS__`), the `ce-source`, the metrics label.

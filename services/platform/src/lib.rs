@@ -14,6 +14,7 @@
 //! - [`event`], [`outbox`], [`consumer`]: events out through a transactional outbox, events in through an
 //!   inbox recorded in the handler's transaction, undecodable events to `deadletter.<stream>`;
 //! - [`auth`]: staff/system JWTs on gRPC, portal link tokens;
+//! - [`pacing`]: quiet hours (DST-correct local times) and the weekly cap, for notifications and the scheduler;
 //! - [`grpc`]: the server every service runs (health, reflection, auth, tracing, metrics) and error mapping;
 //! - [`service`]: start a service from its parts and run it, with `serve` and `migrate` subcommands;
 //! - `testkit` (feature): a private NATS server, a fresh database, tokens for any clinic and role.
@@ -28,6 +29,7 @@ pub mod grpc;
 pub mod jetstream;
 pub mod metrics;
 pub mod outbox;
+pub mod pacing;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

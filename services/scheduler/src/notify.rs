@@ -16,7 +16,8 @@ use followup_proto::followup::notifications::v1::notifications_service_client::N
 use tonic::transport::{Channel as Transport, Endpoint};
 
 use crate::convert::duration_from;
-use crate::domain::pacing::{Pacing, QuietHours, parse_hhmm};
+use crate::domain::pacing::Pacing;
+use followup_platform::pacing::{QuietHours, parse_hhmm};
 
 /// A lazily connected client of the notifications service.
 #[derive(Clone)]

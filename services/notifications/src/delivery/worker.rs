@@ -18,7 +18,6 @@ use super::events;
 use super::providers::{self, Job, JobKind, Sent};
 use crate::INFO;
 use crate::domain::policy::{self, Attempt, Decision, DeferReason, SuppressReason};
-use crate::domain::quiet::QuietHours;
 use crate::domain::retry::{self, AttemptClass};
 use crate::domain::signing::{UnsubscribeClaims, sign_unsubscribe};
 use crate::domain::templates::{self, TemplateText};
@@ -28,6 +27,7 @@ use crate::storage::contacts::{self, ContactRow, StaffRow};
 use crate::storage::messages::{self, AttemptRow, MessageRow, status};
 use crate::storage::settings::{self, CategoryRow, SettingsRow};
 use crate::storage::{templates as tpl, webhooks};
+use followup_platform::pacing::QuietHours;
 
 /// Numbers of followup.common.v1.SuppressionReason, DeferralReason and AttemptOutcome.
 mod code {
@@ -225,8 +225,12 @@ async fn load_context(
             .push(row.record());
     }
     let mut counted: HashMap<(String, String), Vec<DateTime<Utc>>> = HashMap::new();
-    for (tenant, patient, at) in
-        messages::counted_since(conn, &patients, now - crate::domain::cap::window()).await?
+    for (tenant, patient, at) in messages::counted_since(
+        conn,
+        &patients,
+        now - followup_platform::pacing::cap_window(),
+    )
+    .await?
     {
         counted.entry((tenant, patient)).or_default().push(at);
     }

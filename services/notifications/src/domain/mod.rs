@@ -1,14 +1,13 @@
-//! The notifications domain, plain Rust: when a message may go (consent, quiet hours, frequency cap),
+//! The notifications domain, plain Rust: when a message may go (consent, then quiet hours and the
+//! frequency cap, whose rules are `followup_platform::pacing`, shared with the scheduler's preview),
 //! what an inbound text means, how templates render and what an SMS costs, how deliveries are retried
 //! and how calls are signed. No database, no gRPC, no NATS: the adapters around it do that.
 
 pub mod address;
-pub mod cap;
 pub mod consent;
 pub mod gsm;
 pub mod inbound;
 pub mod policy;
-pub mod quiet;
 pub mod retry;
 pub mod signing;
 pub mod templates;

@@ -8,9 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
 use super::Channel;
-use super::cap::{self, CapCheck};
 use super::consent::{self, ConsentRecord};
-use super::quiet::QuietHours;
+use followup_platform::pacing::{CapCheck, QuietHours, cap_check, cap_window};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeferReason {
@@ -97,7 +96,7 @@ pub fn decide(a: &Attempt<'_>) -> Decision {
     }
     if a.automated
         && !a.transactional
-        && let CapCheck::FullUntil(free) = cap::check(a.counted, a.now, a.weekly_cap)
+        && let CapCheck::FullUntil(free) = cap_check(a.counted, a.now, a.weekly_cap)
     {
         let limit =
             a.created_at + Duration::from_std(a.cap_deferral_limit).unwrap_or(Duration::days(7));
@@ -109,7 +108,7 @@ pub fn decide(a: &Attempt<'_>) -> Decision {
                     "{} automated messages in the last 7 days (cap {}), and the next free moment is past the deferral limit",
                     a.counted
                         .iter()
-                        .filter(|t| **t > a.now - cap::window())
+                        .filter(|t| **t > a.now - cap_window())
                         .count(),
                     a.weekly_cap
                 ),

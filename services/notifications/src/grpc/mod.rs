@@ -642,7 +642,7 @@ impl NotificationsService for NotificationsServiceApi {
             ),
         ] {
             if mask_has(&mask, path) {
-                crate::domain::quiet::parse_hhmm(&value).ok_or_else(|| {
+                followup_platform::pacing::parse_hhmm(&value).ok_or_else(|| {
                     Error::invalid(format!("settings.{path}"), "a 24-hour time \"HH:MM\"")
                 })?;
                 *target = value;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use sqlx::PgConnection;
 
-use crate::domain::quiet::{QuietHours, format_hhmm, parse_hhmm};
+use followup_platform::pacing::{QuietHours, format_hhmm, parse_hhmm};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct SettingsRow {

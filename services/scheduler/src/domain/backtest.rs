@@ -834,7 +834,7 @@ impl Simulation {
             }
             E::MessageSent { patient_id, capped } => {
                 if *capped && !patient_id.is_empty() {
-                    let window = at - super::pacing::cap_window();
+                    let window = at - followup_platform::pacing::cap_window();
                     let p = self.patient(patient_id);
                     p.counted.retain(|t| *t > window);
                     p.counted.push(at);

@@ -1,100 +1,14 @@
 //! How the notifications service paces what a rule asks it to send — quiet hours in the recipient's zone
 //! and the weekly frequency cap — reproduced here so a preview and a backtest can say when a message would
 //! actually have gone out. The clinic's values (quiet window, cap, deferral limit) are the notifications
-//! service's own settings, read from it over gRPC (`GetDeliverySettings`); the rule is the one in its
-//! `domain/quiet.rs` and `domain/cap.rs` (README "Before every attempt"), kept identical by the tests
-//! below, which use the same cases.
+//! service's own settings, read from it over gRPC (`GetDeliverySettings`); the rules themselves (quiet
+//! hours, the rolling cap) are `followup_platform::pacing`, the same code notifications runs before every
+//! attempt (its README, "Before every attempt"). What is the scheduler's own is the order in which a
+//! preview combines them.
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-
-/// The quiet window `[start, end)` in local wall time; `start > end` wraps midnight; equal = none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuietHours {
-    pub start: NaiveTime,
-    pub end: NaiveTime,
-}
-
-impl Default for QuietHours {
-    /// The notifications service's default, 21:00–08:00.
-    fn default() -> Self {
-        Self {
-            start: NaiveTime::from_hms_opt(21, 0, 0).unwrap_or_default(),
-            end: NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default(),
-        }
-    }
-}
-
-impl QuietHours {
-    pub fn is_quiet(&self, local: NaiveTime) -> bool {
-        if self.start == self.end {
-            false
-        } else if self.start > self.end {
-            local >= self.start || local < self.end
-        } else {
-            local >= self.start && local < self.end
-        }
-    }
-
-    /// The first instant at or after `at` outside quiet hours in `zone`.
-    pub fn next_allowed(&self, at: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
-        let local = at.with_timezone(&zone);
-        if !self.is_quiet(local.time()) {
-            return at;
-        }
-        let date = local.date_naive();
-        let end_date = if local.time() < self.end {
-            date
-        } else {
-            date.succ_opt().unwrap_or(date)
-        };
-        let mut candidate = first_instant_at_or_after(zone, end_date, self.end, at);
-        let mut guard = 0;
-        while self.is_quiet(candidate.with_timezone(&zone).time()) && guard < 3 {
-            let next_date = candidate
-                .with_timezone(&zone)
-                .date_naive()
-                .succ_opt()
-                .unwrap_or(end_date);
-            candidate = first_instant_at_or_after(zone, next_date, self.end, candidate);
-            guard += 1;
-        }
-        candidate
-    }
-}
-
-fn first_instant_at_or_after(
-    zone: Tz,
-    date: NaiveDate,
-    time: NaiveTime,
-    not_before: DateTime<Utc>,
-) -> DateTime<Utc> {
-    let mut naive = date.and_time(time);
-    for _ in 0..(24 * 60) {
-        match zone.from_local_datetime(&naive) {
-            chrono::LocalResult::Single(t) => {
-                let t = t.with_timezone(&Utc);
-                if t >= not_before {
-                    return t;
-                }
-                naive += Duration::days(1);
-            }
-            chrono::LocalResult::Ambiguous(a, b) => {
-                let (a, b) = (a.with_timezone(&Utc), b.with_timezone(&Utc));
-                let (early, late) = if a <= b { (a, b) } else { (b, a) };
-                if early >= not_before {
-                    return early;
-                }
-                if late >= not_before {
-                    return late;
-                }
-                naive += Duration::days(1);
-            }
-            chrono::LocalResult::None => naive += Duration::minutes(1),
-        }
-    }
-    not_before
-}
+use followup_platform::pacing::{CapCheck, QuietHours, cap_check};
 
 /// The clinic's pacing as the notifications service applies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,33 +28,6 @@ impl Default for Pacing {
             cap_deferral_limit: Duration::days(7),
         }
     }
-}
-
-pub fn cap_window() -> Duration {
-    Duration::days(7)
-}
-
-/// When one more capped message could go at `now`, given the instants already counted; None = now.
-pub fn cap_free_at(
-    counted: &[DateTime<Utc>],
-    now: DateTime<Utc>,
-    cap: u32,
-) -> Option<DateTime<Utc>> {
-    if cap == 0 {
-        return None;
-    }
-    let from = now - cap_window();
-    let mut inside: Vec<DateTime<Utc>> = counted
-        .iter()
-        .copied()
-        .filter(|t| *t > from && *t <= now)
-        .collect();
-    let cap = cap as usize;
-    if inside.len() < cap {
-        return None;
-    }
-    inside.sort_unstable();
-    Some(inside[inside.len() - cap] + cap_window())
 }
 
 /// What pacing does to one patient message requested at `at`.
@@ -171,13 +58,13 @@ impl Pacing {
                 held_by_frequency_cap: false,
             };
         }
-        match cap_free_at(counted, allowed, self.weekly_cap) {
-            None => Paced {
+        match cap_check(counted, allowed, self.weekly_cap) {
+            CapCheck::Allowed => Paced {
                 send: Some(allowed),
                 held_by_quiet_hours: quiet,
                 held_by_frequency_cap: false,
             },
-            Some(free) => {
+            CapCheck::FullUntil(free) => {
                 let resume = self.quiet.next_allowed(free, zone);
                 Paced {
                     send: (resume <= at + self.cap_deferral_limit).then_some(resume),
@@ -189,18 +76,9 @@ impl Pacing {
     }
 }
 
-/// Parses "HH:MM" as the notifications settings write it.
-pub fn parse_hhmm(text: &str) -> Option<NaiveTime> {
-    super::schedule::parse_local_time(text.trim())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(h: u32, m: u32) -> NaiveTime {
-        NaiveTime::from_hms_opt(h, m, 0).unwrap_or_default()
-    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)
@@ -212,62 +90,8 @@ mod tests {
         name.parse().unwrap_or(chrono_tz::UTC)
     }
 
-    // The notifications service's own cases (its domain/quiet.rs and cap.rs).
-    #[test]
-    fn a_request_at_23_00_waits_for_08_00_local() {
-        let quiet = QuietHours::default();
-        let chicago = zone("America/Chicago");
-        let at = utc("2026-11-11T05:00:00Z");
-        assert_eq!(quiet.next_allowed(at, chicago), utc("2026-11-11T14:00:00Z"));
-        let noon = utc("2026-11-11T18:00:00Z");
-        assert_eq!(quiet.next_allowed(noon, chicago), noon);
-    }
-
-    #[test]
-    fn the_morning_after_a_spring_forward_night_is_in_new_time() {
-        let quiet = QuietHours::default();
-        let at = utc("2026-03-28T22:00:00Z");
-        assert_eq!(
-            quiet.next_allowed(at, zone("Europe/London")),
-            utc("2026-03-29T07:00:00Z")
-        );
-    }
-
-    #[test]
-    fn a_window_end_in_the_gap_moves_past_the_gap() {
-        let quiet = QuietHours {
-            start: t(0, 30),
-            end: t(2, 30),
-        };
-        // 2026-03-08 02:30 does not exist in New York: the first minute that does is 03:00 EDT.
-        let at = utc("2026-03-08T06:00:00Z");
-        assert_eq!(
-            quiet.next_allowed(at, zone("America/New_York")),
-            utc("2026-03-08T07:00:00Z")
-        );
-    }
-
-    #[test]
-    fn equal_bounds_mean_no_quiet_hours() {
-        let quiet = QuietHours {
-            start: t(9, 0),
-            end: t(9, 0),
-        };
-        let at = utc("2026-11-11T03:00:00Z");
-        assert_eq!(quiet.next_allowed(at, chrono_tz::UTC), at);
-    }
-
-    #[test]
-    fn three_a_week_then_wait_for_the_oldest_to_leave() {
-        let base = utc("2026-05-01T12:00:00Z");
-        let sent = [base, base + Duration::hours(24), base + Duration::hours(48)];
-        let at = base + Duration::hours(50);
-        assert_eq!(cap_free_at(&sent[..2], at, 3), None);
-        assert_eq!(cap_free_at(&sent, at, 3), Some(base + cap_window()));
-        assert_eq!(cap_free_at(&sent, base + cap_window(), 3), None);
-        assert_eq!(cap_free_at(&sent, at, 0), None);
-    }
-
+    // Quiet hours and the cap on their own are tested where they live (followup_platform::pacing); this
+    // is the order a preview combines them in.
     #[test]
     fn pacing_reports_quiet_hours_and_the_cap() {
         let pacing = Pacing::default();

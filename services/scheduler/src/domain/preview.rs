@@ -10,9 +10,9 @@ use followup_proto::followup::common::v1::{CaseKind, CaseStatus, StopReason};
 use super::condition::{self, Check, Today};
 use super::enrollment;
 use super::facts::CaseFacts;
-use super::pacing::QuietHours;
 use super::rule::{Action, RuleDef};
 use super::schedule::{ClinicCalendar, local_date};
+use followup_platform::pacing::QuietHours;
 
 /// What a preview needs.
 #[derive(Clone, Debug)]

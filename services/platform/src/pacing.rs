@@ -1,9 +1,13 @@
-//! Quiet hours: automated messages go out only outside them, in the recipient's own zone.
+//! Pacing of automated patient messages: quiet hours in the recipient's own zone and the weekly cap.
 //!
-//! Wall-clock times are what people live by, so the window is read in local time, and the next allowed
-//! instant is found on the local calendar and converted back, DST-correct: a window end that falls in a
-//! spring-forward gap moves to the first local time that exists, and on a fall-back night the earliest
-//! instance that is not in the past is used.
+//! Notifications applies these rules before every attempt; the scheduler applies the same rules to say
+//! when a previewed or backtested message would have gone out. Both use this module, so the two can
+//! never disagree.
+//!
+//! Wall-clock times are what people live by, so the quiet window is read in local time, and the next
+//! allowed instant is found on the local calendar and converted back, DST-correct: a window end that
+//! falls in a spring-forward gap moves to the first local time that exists, and on a fall-back night the
+//! earliest instance that is not in the past is used.
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -17,6 +21,7 @@ pub struct QuietHours {
 }
 
 impl Default for QuietHours {
+    /// 21:00–08:00, the notifications service's default for a clinic that set none.
     fn default() -> Self {
         Self {
             start: NaiveTime::from_hms_opt(21, 0, 0).unwrap_or_default(),
@@ -25,7 +30,7 @@ impl Default for QuietHours {
     }
 }
 
-/// Parses "HH:MM" (24 h).
+/// Parses "HH:MM" (24 h), as clinic settings write a time of day.
 pub fn parse_hhmm(text: &str) -> Option<NaiveTime> {
     let (h, m) = text.trim().split_once(':')?;
     if h.len() != 2 || m.len() != 2 {
@@ -34,6 +39,7 @@ pub fn parse_hhmm(text: &str) -> Option<NaiveTime> {
     NaiveTime::from_hms_opt(h.parse().ok()?, m.parse().ok()?, 0)
 }
 
+/// Formats a time of day as "HH:MM".
 pub fn format_hhmm(time: NaiveTime) -> String {
     time.format("%H:%M").to_string()
 }
@@ -114,6 +120,41 @@ fn first_instant_at_or_after(
     not_before
 }
 
+/// The frequency cap's rolling window: a message counts from the instant it is first handed to a
+/// provider for exactly seven days. Transactional categories (appointment reminders, slot offers) are
+/// exempt: callers leave them out of what they count.
+pub fn cap_window() -> Duration {
+    Duration::days(7)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapCheck {
+    Allowed,
+    /// Full until this instant, when the oldest message that matters leaves the window.
+    FullUntil(DateTime<Utc>),
+}
+
+/// Whether one more automated message may go at `now`, given the instants already counted for the
+/// recipient. `cap == 0` means no cap.
+pub fn cap_check(counted: &[DateTime<Utc>], now: DateTime<Utc>, cap: u32) -> CapCheck {
+    if cap == 0 {
+        return CapCheck::Allowed;
+    }
+    let from = now - cap_window();
+    let mut inside: Vec<DateTime<Utc>> = counted
+        .iter()
+        .copied()
+        .filter(|t| *t > from && *t <= now)
+        .collect();
+    let cap = cap as usize;
+    if inside.len() < cap {
+        return CapCheck::Allowed;
+    }
+    inside.sort_unstable();
+    // Once the (n - cap + 1) oldest have left the window, cap - 1 remain and one more fits.
+    CapCheck::FullUntil(inside[inside.len() - cap] + cap_window())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,10 +170,16 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    fn at(hours: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+            + Duration::hours(hours)
+    }
+
     #[test]
     fn parses_and_formats_hhmm() {
         assert_eq!(parse_hhmm("08:00"), Some(t(8, 0)));
         assert_eq!(parse_hhmm("21:30"), Some(t(21, 30)));
+        assert_eq!(parse_hhmm(" 21:30 "), Some(t(21, 30)));
         assert_eq!(parse_hhmm("8:00"), None);
         assert_eq!(parse_hhmm("24:00"), None);
         assert_eq!(format_hhmm(t(7, 5)), "07:05");
@@ -180,6 +227,18 @@ mod tests {
         };
         let at = utc("2026-03-08T06:00:00Z");
         assert_eq!(quiet.next_allowed(at, Tz::UTC), at);
+    }
+
+    #[test]
+    fn three_a_week_then_wait_for_the_oldest_to_leave() {
+        let sent = [at(0), at(24), at(48)];
+        assert_eq!(cap_check(&sent[..2], at(50), 3), CapCheck::Allowed);
+        assert_eq!(
+            cap_check(&sent, at(50), 3),
+            CapCheck::FullUntil(at(0) + cap_window())
+        );
+        assert_eq!(cap_check(&sent, at(0) + cap_window(), 3), CapCheck::Allowed);
+        assert_eq!(cap_check(&sent, at(50), 0), CapCheck::Allowed);
     }
 
     /// Days around the DST changes of both hemispheres, where mistakes happen.
@@ -237,6 +296,44 @@ mod tests {
                 prop_assert!(quiet.is_quiet(probe.with_timezone(&zone).time()),
                     "{probe} was allowed but the message waited until {allowed}");
                 probe += Duration::minutes(1);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Requests arrive at random; each is sent when the cap allows and otherwise deferred to the
+        /// instant the check names. No rolling 7-day window ever holds more than the cap.
+        #[test]
+        fn no_rolling_window_exceeds_the_cap(
+            cap in 1u32..6,
+            mut arrivals in proptest::collection::vec(0i64..(24 * 60), 1..40),
+        ) {
+            arrivals.sort_unstable();
+            // Minutes over about 24 days.
+            let mut queue: Vec<DateTime<Utc>> = arrivals.iter().map(|m| at(0) + Duration::minutes(*m * 24)).collect();
+            let mut sent: Vec<DateTime<Utc>> = Vec::new();
+            let mut steps = 0;
+            while let Some(index) = (0..queue.len()).min_by_key(|i| queue[*i]) {
+                steps += 1;
+                prop_assert!(steps < 10_000);
+                let now = queue[index];
+                match cap_check(&sent, now, cap) {
+                    CapCheck::Allowed => {
+                        sent.push(now);
+                        queue.swap_remove(index);
+                    }
+                    CapCheck::FullUntil(later) => {
+                        prop_assert!(later > now);
+                        queue[index] = later;
+                    }
+                }
+            }
+            prop_assert_eq!(sent.len(), arrivals.len(), "deferred, never dropped");
+            for s in &sent {
+                let in_window = sent.iter().filter(|t| **t > *s - cap_window() && **t <= *s).count();
+                prop_assert!(in_window <= cap as usize, "{in_window} in the 7 days up to {s} (cap {cap})");
             }
         }
     }

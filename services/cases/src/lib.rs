@@ -24,7 +24,7 @@ use sqlx::migrate::Migrator;
 
 pub use config::{Config, Settings};
 
-use crate::domain::clock::{Clock, SystemClock};
+use followup_platform::clock::{Clock, SystemClock};
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "cases",

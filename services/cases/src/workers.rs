@@ -15,13 +15,14 @@ use sqlx::PgPool;
 
 use crate::domain::CaseStatus;
 use crate::domain::case::{CAUSE_RESPONSE_WINDOW, CaseEvent, Input};
-use crate::domain::clock::{Clock, digest_due};
+use crate::domain::clock::digest_due;
 use crate::domain::ranking;
 use crate::engine::{Command, Engine, Target, money};
 use crate::error::Error;
 use crate::storage::counts::OwnerScope;
 use crate::storage::list::{ListFilter, Order};
 use crate::storage::{self, settings};
+use followup_platform::clock::Clock;
 
 /// Runs `round` every `interval` until shutdown; a round that reports a full batch runs again at once.
 async fn every<F, Fut>(name: &'static str, interval: Duration, shutdown: Shutdown, mut round: F)

@@ -8,6 +8,7 @@
 //! - [`telemetry`]: JSON logs, OTLP traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, W3C `traceparent` on
 //!   NATS headers and gRPC metadata;
 //! - [`metrics`] and [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin port;
+//! - [`clock`]: the one source of "now" for timers, a [`clock::ManualClock`] in tests;
 //! - [`shutdown`]: SIGTERM/SIGINT → stop intake, finish in-flight work, flush telemetry;
 //! - [`db`]: the pool and migrations (the platform's own tables, then the service's);
 //! - [`jetstream`]: every stream declared in one place, consumers declared idempotently;
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod db;

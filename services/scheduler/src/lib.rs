@@ -28,7 +28,7 @@ use followup_platform::service::{HttpServer, Platform, Running, ServiceInfo, Sta
 use sqlx::migrate::Migrator;
 
 pub use config::{Config, Settings};
-use domain::clock::{Clock, SystemClock};
+use followup_platform::clock::{Clock, SystemClock};
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "scheduler",
@@ -47,7 +47,7 @@ impl Service {
         Self::build_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    /// The same with a given clock: tests move a [`domain::clock::ManualClock`] instead of sleeping.
+    /// The same with a given clock: tests move a [`followup_platform::clock::ManualClock`] instead of sleeping.
     pub async fn build_with_clock(
         config: Config,
         clock: Arc<dyn Clock>,

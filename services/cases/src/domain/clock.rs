@@ -1,49 +1,9 @@
-//! Time as the service sees it. Timers (the response window, the owner digest) ask a [`Clock`], so tests
-//! move time forward instead of sleeping.
+//! Time as the service sees it. Timers (the response window, the owner digest) ask the platform's
+//! [`Clock`](followup_platform::clock::Clock), so tests move time forward instead of sleeping; what is the
+//! cases service's own is when a digest is due.
 
-use std::sync::{Arc, Mutex};
-
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock tests set and advance.
-#[derive(Clone, Debug)]
-pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
-
-impl ManualClock {
-    pub fn new(at: DateTime<Utc>) -> Self {
-        Self(Arc::new(Mutex::new(at)))
-    }
-
-    pub fn set(&self, at: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *now += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// The clinic-local day an owner digest is due for, if one is due now: the local time is at or past the
 /// digest hour and no digest was published for that day yet. DST-correct, since the local time comes
@@ -103,14 +63,5 @@ mod tests {
             digest_due(utc(2026, 12, 1, 18, 30), auckland, 7, None),
             Some(date(2026, 12, 2))
         );
-    }
-
-    #[test]
-    fn the_manual_clock_moves_only_when_told() {
-        let clock = ManualClock::new(utc(2026, 1, 1, 0, 0));
-        clock.advance(Duration::hours(49));
-        assert_eq!(clock.now(), utc(2026, 1, 3, 1, 0));
-        clock.set(utc(2027, 1, 1, 0, 0));
-        assert_eq!(clock.now(), utc(2027, 1, 1, 0, 0));
     }
 }

@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use crate::domain::CaseStatus;
 use crate::domain::case::{CaseEvent, CaseSettings, Input};
-use crate::domain::clock::Clock;
 use crate::domain::report::{ReportCase, SlotRefill, leakage_report};
 use crate::domain::text::query_words;
 use crate::domain::timeline::EntryKind;
@@ -39,6 +38,7 @@ use crate::storage::counts::OwnerScope;
 use crate::storage::list::{self, Cursor, ListFilter, Order};
 use crate::storage::{self, directory};
 use crate::watch::{Change, ChangeKind, WatchHub};
+use followup_platform::clock::Clock;
 
 /// Every API of the service, each behind the JWT interceptor.
 pub fn services(api: CasesServiceApi, auth: Authenticator) -> GrpcServices {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use followup_cases::domain::clock::ManualClock;
 use followup_cases::{INFO, Service, Settings};
 use followup_platform::auth::Role;
+use followup_platform::clock::ManualClock;
 use followup_platform::event::{new_event_id, timestamp};
 use followup_platform::service::Running;
 use followup_platform::testkit::{TestEnv, authed};

@@ -2,7 +2,6 @@
 //! the unit tests live here.
 
 pub mod backtest;
-pub mod clock;
 pub mod condition;
 pub mod enrollment;
 pub mod facts;

@@ -23,9 +23,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::convert;
-use crate::domain::clock::Clock;
 use crate::domain::rule::RuleDef;
 use crate::error::{Error, Result};
+use followup_platform::clock::Clock;
 
 /// NOTIFY channel: a commit that added steps or timers wakes the timer workers, so a step due within
 /// their sleep is not late.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use followup_platform::auth::Role;
+use followup_platform::clock::ManualClock;
 use followup_platform::service::Running;
 use followup_platform::testkit::{TestEnv, authed};
 use followup_proto::followup::common::v1 as common;
@@ -11,7 +12,6 @@ use followup_proto::followup::events::v1 as ev;
 use followup_proto::followup::scheduler::v1 as pb;
 use followup_proto::followup::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use followup_proto::subjects::Event;
-use followup_scheduler::domain::clock::ManualClock;
 use followup_scheduler::{INFO, Service, Settings};
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -88,7 +88,7 @@ impl Scheduler {
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        use followup_scheduler::domain::clock::Clock;
+        use followup_platform::clock::Clock;
         self.clock.now()
     }
 

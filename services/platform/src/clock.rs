@@ -1,5 +1,6 @@
-//! Where "now" comes from. The service reads time only through a [`Clock`], so tests move time forward
-//! (days, across a DST change) without sleeping, and a step's "due" is judged against one source.
+//! Where "now" comes from. A service that waits for time (timers, windows, digests) reads it only through
+//! a [`Clock`], so tests move time forward (days, across a DST change) without sleeping, and what is "due"
+//! is judged against one source.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

@@ -14,11 +14,13 @@
 //! - [`event`], [`outbox`], [`consumer`]: events out through a transactional outbox, events in through an
 //!   inbox recorded in the handler's transaction, undecodable events to `deadletter.<stream>`;
 //! - [`auth`]: staff/system JWTs on gRPC, portal link tokens;
-//! - [`grpc`]: the server every service runs (health, reflection, auth, tracing, metrics) and error mapping;
+//! - [`grpc`]: the server every service runs (health, reflection, gRPC-Web, auth, tracing, metrics) and error mapping;
+//! - [`asyncapi`]: the event contract (`docs/asyncapi.json`), generated from the subject table and descriptors;
 //! - [`service`]: start a service from its parts and run it, with `serve` and `migrate` subcommands;
 //! - `testkit` (feature): a private NATS server, a fresh database, tokens for any clinic and role.
 
 pub mod admin;
+pub mod asyncapi;
 pub mod auth;
 pub mod config;
 pub mod consumer;

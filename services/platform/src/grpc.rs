@@ -228,6 +228,17 @@ pub fn not_found(resource_type: &str, name: &str) -> Status {
     )
 }
 
+/// ALREADY_EXISTS: what the request would create (or rename something to) exists in the caller's clinic.
+/// The resource is named in a `ResourceInfo`, so a client can fetch or reuse it.
+pub fn already_exists(resource_type: &str, name: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    Status::with_error_details(
+        tonic::Code::AlreadyExists,
+        description.clone(),
+        ErrorDetails::with_resource_info(resource_type, name, "", description),
+    )
+}
+
 /// FAILED_PRECONDITION: the request is valid but the resource's state forbids it.
 pub fn failed_precondition(
     violation_type: &str,

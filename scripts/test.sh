@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 2: every check CI runs, in the order that fails fastest.
-#   formatting → lints (clippy, buf) → all tests of the workspace against real PostgreSQL and NATS.
+#   formatting → lints (clippy, buf, AsyncAPI) → all tests of the workspace against real PostgreSQL and NATS.
 # Installs what is missing. Tests need a PostgreSQL server they can create databases on: the one in
 # FOLLOWUP_TEST_DATABASE_URL, else one on 127.0.0.1:5432 with trust auth, else a private one started
 # here (through `followup dev --infra-only`) and stopped at the end. Each test makes its own database
@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "buf lint"
 bash scripts/buf-lint.sh
+
+step "AsyncAPI: docs/asyncapi.json validated (the tests check it is the generated one)"
+bash scripts/asyncapi-validate.sh
 
 step "deploy: kustomize render, schema validation, policy tests, hadolint, checkov"
 bash deploy/validate.sh

@@ -49,18 +49,43 @@ fn pair(dir: &Path, name: &str) -> anyhow::Result<KeyPair> {
     let private = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
     if private.is_file() && public.is_file() {
+        let private_pem = std::fs::read_to_string(&private)
+            .with_context(|| format!("reading {}", private.display()))?;
+        // A folder made before the keys were written as v1: the same key, rewritten once.
+        let v1 =
+            pkcs8_v1(&private_pem).with_context(|| format!("reading {}", private.display()))?;
+        if v1 != private_pem {
+            write_private(&private, &v1)?;
+        }
         return Ok(KeyPair {
-            private_pem: std::fs::read_to_string(&private)
-                .with_context(|| format!("reading {}", private.display()))?,
+            private_pem: v1,
             public_pem: std::fs::read_to_string(&public)
                 .with_context(|| format!("reading {}", public.display()))?,
         });
     }
-    let pair = KeyPair::generate()?;
+    let mut pair = KeyPair::generate()?;
+    pair.private_pem = pkcs8_v1(&pair.private_pem)?;
     write_private(&private, &pair.private_pem)?;
     std::fs::write(&public, &pair.public_pem)
         .with_context(|| format!("writing {}", public.display()))?;
     Ok(pair)
+}
+
+/// The Ed25519 private key of `pem` as PKCS#8 v1 (RFC 5208: the key alone). ed25519-dalek writes v2
+/// (RFC 5958, with the public key too), which OpenSSL 3.0 and Python's `cryptography` refuse to load;
+/// every reader, ours included, takes v1.
+fn pkcs8_v1(pem: &str) -> anyhow::Result<String> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+        .map_err(|e| anyhow::anyhow!("not an Ed25519 private key in PKCS#8 PEM: {e}"))?;
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding a private key: {e}"))?;
+    Ok(pem.to_string())
 }
 
 fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
@@ -108,4 +133,104 @@ pub fn print_token(args: TokenArgs) -> anyhow::Result<()> {
         )?
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OpenSSL (and so Python's `cryptography`, which links it) must read the dev keys: integrators sign
+    /// and check tokens with them outside Rust. Skipped, saying so, where `openssl` is not installed.
+    #[test]
+    fn openssl_loads_the_dev_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = DevKeys::load_or_create(dir.path()).expect("keys");
+        if std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_err()
+        {
+            println!(
+                "skipped: `openssl` is not installed, so the dev keys cannot be checked with it"
+            );
+            return;
+        }
+        for name in ["staff", "portal"] {
+            let private = dir.path().join("keys").join(format!("{name}.pem"));
+            let out = std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&private)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl pkey cannot load {name}.pem: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // OpenSSL derives the same public key the services verify with.
+            let public =
+                std::fs::read_to_string(dir.path().join("keys").join(format!("{name}.pub.pem")))
+                    .expect("public key");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), public, "{name}");
+        }
+        // And the keys still sign tokens the platform verifies.
+        let token = keys
+            .token(
+                DEV_TENANT,
+                "dev-owner",
+                Role::Owner,
+                Duration::from_secs(60),
+            )
+            .expect("token");
+        let verifier = followup_platform::auth::Verifier::from_config(
+            &followup_platform::config::AuthConfig {
+                jwt_public_keys: vec![keys.staff.public_pem.clone()],
+                jwt_public_key_files: vec![],
+                jwt_audience: AUDIENCE.into(),
+                jwt_issuer: None,
+                leeway_secs: 0,
+            },
+        )
+        .expect("verifier");
+        assert_eq!(
+            verifier.verify(&token).expect("verifies").tenant,
+            DEV_TENANT
+        );
+    }
+
+    /// Keys written before (PKCS#8 v2) are rewritten as v1 on load: the same key, so tokens already printed
+    /// keep working.
+    #[test]
+    fn older_dev_keys_are_rewritten_as_the_same_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_dir = dir.path().join("keys");
+        std::fs::create_dir_all(&keys_dir).expect("dir");
+        let old = KeyPair::generate().expect("pair");
+        std::fs::write(keys_dir.join("staff.pem"), &old.private_pem).expect("write");
+        std::fs::write(keys_dir.join("staff.pub.pem"), &old.public_pem).expect("write");
+        let loaded = DevKeys::load_or_create(dir.path()).expect("keys");
+        assert_eq!(loaded.staff.public_pem, old.public_pem);
+        let token = loaded
+            .token(
+                DEV_TENANT,
+                "dev-owner",
+                Role::Owner,
+                Duration::from_secs(60),
+            )
+            .expect("token");
+        let verifier = followup_platform::auth::Verifier::from_config(
+            &followup_platform::config::AuthConfig {
+                jwt_public_keys: vec![old.public_pem.clone()],
+                jwt_public_key_files: vec![],
+                jwt_audience: AUDIENCE.into(),
+                jwt_issuer: None,
+                leeway_secs: 0,
+            },
+        )
+        .expect("verifier");
+        assert!(verifier.verify(&token).is_ok());
+        let on_disk = std::fs::read_to_string(keys_dir.join("staff.pem")).expect("read");
+        assert_eq!(on_disk, loaded.staff.private_pem);
+        assert_eq!(pkcs8_v1(&on_disk).expect("v1"), on_disk, "already v1");
+    }
 }

@@ -1,7 +1,9 @@
 //! The plans service's one error enum, in the domain's words. The gRPC edge maps it to a status once
 //! (here); the portal maps it to an HTTP status with a JSON body (`http::portal`).
 
-use followup_platform::grpc::{failed_precondition, internal, invalid_arguments, not_found};
+use followup_platform::grpc::{
+    already_exists, failed_precondition, internal, invalid_arguments, not_found,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlansError {
@@ -14,6 +16,13 @@ pub enum PlansError {
     /// No such resource in the caller's clinic (another clinic's resource is not found either).
     #[error("{kind} `{name}` not found")]
     NotFound { kind: &'static str, name: String },
+    /// What the request would create (or rename to) already exists in the caller's clinic.
+    #[error("{description}")]
+    AlreadyExists {
+        kind: &'static str,
+        name: String,
+        description: String,
+    },
     /// The request is valid but the resource's state forbids it. `kind` is a machine-readable type
     /// (AIP-193 PreconditionFailure), `subject` what it is about.
     #[error("{description}")]
@@ -56,6 +65,15 @@ impl PlansError {
         }
     }
 
+    pub fn already_exists(kind: &'static str, name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self::AlreadyExists {
+            kind,
+            description: format!("the clinic already has a {kind} named `{name}`"),
+            name,
+        }
+    }
+
     pub fn precondition(
         kind: &'static str,
         subject: impl Into<String>,
@@ -95,6 +113,11 @@ impl From<PlansError> for tonic::Status {
                     .to_string(),
             )]),
             PlansError::NotFound { kind, name } => not_found(kind, &name),
+            PlansError::AlreadyExists {
+                kind,
+                name,
+                description,
+            } => already_exists(kind, &name, description),
             PlansError::Precondition {
                 kind,
                 subject,

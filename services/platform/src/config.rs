@@ -72,6 +72,7 @@ pub struct CommonConfig {
     /// Admin HTTP listen address: `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: SocketAddr,
     pub auth: AuthConfig,
+    pub grpc_web: GrpcWebConfig,
     pub log: LogConfig,
     pub outbox: OutboxConfig,
     pub consumer: ConsumerConfig,
@@ -92,6 +93,14 @@ pub struct AuthConfig {
     pub jwt_issuer: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+}
+
+/// gRPC-Web (browsers calling the gRPC port over HTTP/1.1) and the CORS answer it needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GrpcWebConfig {
+    /// Origins (`https://staff.example.com`, scheme + host + optional port) whose pages may call the APIs
+    /// from a browser; `*` allows any origin (calls still need a token). Empty: same origin only.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -151,6 +160,7 @@ impl CommonConfig {
                 jwt_issuer: None,
                 leeway_secs: 30,
             },
+            grpc_web: GrpcWebConfig::default(),
             log: LogConfig {
                 format: LogFormat::Json,
                 filter: "info".into(),
@@ -206,6 +216,11 @@ impl CommonConfig {
                     .into(),
             );
         }
+        for origin in &self.grpc_web.allowed_origins {
+            if let Err(reason) = check_origin(origin) {
+                return bad("grpc_web.allowed_origins", reason);
+            }
+        }
         if self.outbox.batch_size < 1 {
             return bad("outbox.batch_size", "must be at least 1".into());
         }
@@ -217,6 +232,35 @@ impl CommonConfig {
         }
         Ok(())
     }
+}
+
+/// An allowed origin must be what a browser sends in `Origin`: `*`, or `http(s)://host[:port]` with
+/// nothing after it (a trailing `/` or a path never matches).
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        Err(format!(
+            "`{origin}` {why}: write an origin as a browser sends it, e.g. `https://staff.example.com` or `http://localhost:3000`"
+        ))
+    };
+    let Ok(uri) = origin.parse::<http::Uri>() else {
+        return refuse("is not a URL");
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return refuse("needs an http:// or https:// scheme");
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return refuse("has no host");
+    }
+    if origin.ends_with('/') || uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return refuse("has a path (an origin is scheme, host and port only)");
+    }
+    if http::HeaderValue::from_str(origin).is_err() {
+        return refuse("is not a valid header value");
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -560,6 +604,57 @@ mod tests {
         );
         let err = load(&INFO, plans_defaults(), Sources::overrides_only()).expect_err("no keys");
         assert!(err.to_string().contains("auth.jwt_public_keys"), "{err}");
+    }
+
+    #[test]
+    fn grpc_web_origins_are_browser_origins() {
+        let (common, _) = load(&INFO, plans_defaults(), with_key()).expect("loads");
+        assert!(
+            common.grpc_web.allowed_origins.is_empty(),
+            "same origin only by default"
+        );
+        let good = ["https://staff.example.com", "http://localhost:3000", "*"];
+        let (common, _) = load(
+            &INFO,
+            plans_defaults(),
+            with_key().set("grpc_web.allowed_origins", good),
+        )
+        .expect("valid origins");
+        assert_eq!(common.grpc_web.allowed_origins, good);
+        // The README's form for the environment.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "FOLLOWUP__GRPC_WEB__ALLOWED_ORIGINS",
+                r#"["https://staff.example.com", "http://localhost:3000"]"#,
+            );
+            jail.set_env("FOLLOWUP_PLANS__AUTH__JWT_PUBLIC_KEYS", "[PEM]");
+            let (common, _) =
+                load(&INFO, plans_defaults(), Sources::from_environment()).expect("loads");
+            assert_eq!(
+                common.grpc_web.allowed_origins,
+                ["https://staff.example.com", "http://localhost:3000"]
+            );
+            Ok(())
+        });
+        for bad in [
+            "https://staff.example.com/",
+            "https://staff.example.com/app",
+            "staff.example.com",
+            "ftp://staff.example.com",
+            "",
+        ] {
+            let err = load(
+                &INFO,
+                plans_defaults(),
+                with_key().set("grpc_web.allowed_origins", [bad]),
+            )
+            .expect_err(bad);
+            let text = err.to_string();
+            assert!(
+                text.contains("FOLLOWUP_PLANS__GRPC_WEB__ALLOWED_ORIGINS"),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! [`GrpcServices`] collects a service's APIs (each wrapped in the [`crate::auth::Authenticator`]); the
 //! platform adds tonic-health (a status per API, SERVING once started, NOT_SERVING during shutdown) and
 //! reflection (so `grpcurl` works without proto files), and wraps everything in [`ObserveLayer`]: a span
-//! per call, child of the caller's `traceparent`, plus request counts and latencies.
+//! per call, child of the caller's `traceparent`, plus request counts and latencies. The same port
+//! answers gRPC-Web over HTTP/1.1 (tonic-web) for browsers, with the CORS answer of [`cors`].
 //!
 //! Errors follow AIP-193: a code a client can branch on, a message a person can act on, and details
 //! (`BadRequest` field violations, `PreconditionFailure`, `ResourceInfo`) a program can read.
@@ -141,6 +142,48 @@ where
     }
 }
 
+// ---- browsers (gRPC-Web) ----
+
+/// The CORS answer for gRPC-Web calls from pages of other origins: only the configured origins get an
+/// `Access-Control-Allow-Origin` (none configured: same origin only, the browser refuses the rest). The
+/// request headers a gRPC-Web client sends are allowed and the status headers exposed, so a page can read
+/// an error's code, message and AIP-193 details.
+pub fn cors(config: &crate::config::GrpcWebConfig) -> tower_http::cors::CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+
+    let origins = &config.allowed_origins;
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked when the configuration was loaded (config::check_origin).
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            AUTHORIZATION,
+            CONTENT_TYPE,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        // Chromium caps a cached preflight at two hours.
+        .max_age(std::time::Duration::from_secs(2 * 3600))
+}
+
 // ---- errors (AIP-193) ----
 
 /// INVALID_ARGUMENT naming one field.
@@ -182,6 +225,17 @@ pub fn not_found(resource_type: &str, name: &str) -> Status {
             "",
             "not found in the caller's clinic",
         ),
+    )
+}
+
+/// ALREADY_EXISTS: what the request would create (or rename something to) exists in the caller's clinic.
+/// The resource is named in a `ResourceInfo`, so a client can fetch or reuse it.
+pub fn already_exists(resource_type: &str, name: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    Status::with_error_details(
+        tonic::Code::AlreadyExists,
+        description.clone(),
+        ErrorDetails::with_resource_info(resource_type, name, "", description),
     )
 }
 

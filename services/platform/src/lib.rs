@@ -16,11 +16,13 @@
 //!   inbox recorded in the handler's transaction, undecodable events to `deadletter.<stream>`;
 //! - [`auth`]: staff/system JWTs on gRPC, portal link tokens;
 //! - [`pacing`]: quiet hours (DST-correct local times) and the weekly cap, for notifications and the scheduler;
-//! - [`grpc`]: the server every service runs (health, reflection, auth, tracing, metrics) and error mapping;
+//! - [`grpc`]: the server every service runs (health, reflection, gRPC-Web, auth, tracing, metrics) and error mapping;
+//! - [`asyncapi`]: the event contract (`docs/asyncapi.json`), generated from the subject table and descriptors;
 //! - [`service`]: start a service from its parts and run it, with `serve` and `migrate` subcommands;
 //! - `testkit` (feature): a private NATS server, a fresh database, tokens for any clinic and role.
 
 pub mod admin;
+pub mod asyncapi;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -202,11 +202,16 @@ impl Platform {
         let observe = ObserveLayer {
             metrics: self.metrics.clone(),
         };
+        let cors = crate::grpc::cors(&self.config.grpc_web);
         let grpc_shutdown = shutdown.clone();
         self.shutdown.spawn(async move {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let served = tonic::transport::Server::builder()
+                // Browsers call through gRPC-Web over HTTP/1.1; gRPC clients keep HTTP/2 on the same port.
+                .accept_http1(true)
+                .layer(cors)
+                .layer(tonic_web::GrpcWebLayer::new())
                 .layer(observe)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, grpc_shutdown.triggered())
@@ -265,14 +270,28 @@ impl Platform {
     }
 }
 
-/// Reflection over this service's own APIs and health (not every API of the shared descriptor set),
-/// with the `google.rpc` error-detail types so clients such as grpcurl can print AIP-193 details.
+/// The reflection services, listed like any other: clients (grpcurl `list`, IDE plugins) look for one of
+/// them to decide whether the server can describe itself.
+pub const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reflection over this service's own APIs, health and both reflection services (not every API of the
+/// shared descriptor set), with the `google.rpc` error-detail types so clients such as grpcurl can print
+/// AIP-193 details.
 fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(followup_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        // Each build adds only its own version's descriptors; both are served, so both are described.
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health");
+    for name in REFLECTION_SERVICES {
+        builder = builder.with_service_name(name);
+    }
     for name in names {
         builder = builder.with_service_name(*name);
     }

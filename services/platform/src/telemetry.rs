@@ -120,6 +120,11 @@ pub fn inject_current(carrier: &mut dyn Injector) {
     propagator().inject_context(&cx, carrier);
 }
 
+/// The header names the trace context travels in (`traceparent`, `tracestate`), for the event contract.
+pub fn propagated_headers() -> Vec<String> {
+    propagator().fields().map(str::to_string).collect()
+}
+
 /// Makes `span` a child of the trace context found in a carrier, when there is one.
 pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
     let cx = propagator().extract(carrier);

@@ -442,6 +442,17 @@ impl NotificationsService for NotificationsServiceApi {
         let caller = who(&request, &Role::ALL)?;
         let r = request.into_inner();
         required("patient_id", &r.patient_id)?;
+        // Another clinic's patient (or no patient at all) is not found, as in GetContact: answering
+        // "every channel allowed" would both mislead and confirm nothing exists here.
+        let mut conn = self.app.pool.acquire().await.map_err(Error::from)?;
+        if contacts::get(&mut conn, &caller.tenant, &r.patient_id)
+            .await
+            .map_err(Error::from)?
+            .is_none()
+        {
+            return Err(Error::not_found("contact", &r.patient_id).into());
+        }
+        drop(conn);
         let states = self.consent_states(&caller.tenant, &r.patient_id).await?;
         Ok(Response::new(api::GetConsentResponse {
             patient_id: r.patient_id,

@@ -76,6 +76,30 @@ async fn contacts_are_validated_and_scoped_to_the_clinic() {
             .code(),
         tonic::Code::NotFound
     );
+    // Consent answers like the contact: another clinic's patient is not found (it answered OK with
+    // every channel allowed).
+    let other_consent = authed(
+        api::GetConsentRequest {
+            patient_id: "p1".into(),
+        },
+        &h.env.auth.token("clinic-b", Role::Owner),
+    );
+    assert_eq!(
+        client
+            .get_consent(other_consent)
+            .await
+            .expect_err("other clinic's consent")
+            .code(),
+        tonic::Code::NotFound
+    );
+    let own = client
+        .get_consent(h.req(api::GetConsentRequest {
+            patient_id: "p1".into(),
+        }))
+        .await
+        .expect("own clinic's consent")
+        .into_inner();
+    assert!(!own.states.is_empty());
 
     let system = authed(contact("p2", "+447700900124"), &h.token(Role::System));
     assert_eq!(

@@ -329,10 +329,7 @@ impl App {
         let currency = Currency::parse(currency.trim()).map_err(|e| e.in_field("fee_schedule"))?;
         let mut tx = self.pool.begin().await?;
         if db::schedule_name_taken(&mut tx, tenant, &name, None).await? {
-            return Err(PlansError::invalid(
-                "fee_schedule.name",
-                format!("the clinic already has a fee schedule named `{name}`"),
-            ));
+            return Err(PlansError::already_exists("fee schedule", name));
         }
         let first = db::list_schedules(&mut tx, tenant, 0, 1).await?.is_empty();
         let source = match copy_from {
@@ -414,10 +411,7 @@ impl App {
             Some(name) => {
                 let name = validate_schedule_name(name)?;
                 if db::schedule_name_taken(&mut tx, tenant, &name, Some(id)).await? {
-                    return Err(PlansError::invalid(
-                        "fee_schedule.name",
-                        format!("the clinic already has a fee schedule named `{name}`"),
-                    ));
+                    return Err(PlansError::already_exists("fee schedule", name));
                 }
                 name
             }

@@ -310,7 +310,20 @@ async fn fee_schedules_and_fees() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(field_violations(&dup), vec!["fee_schedule.name"]);
+    // The name is taken, case-insensitively: ALREADY_EXISTS naming the schedule (it was INVALID_ARGUMENT).
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
+    assert_eq!(
+        dup.message(),
+        "the clinic already has a fee schedule named `standard`"
+    );
+    let resource = {
+        use tonic_types::StatusExt;
+        dup.get_error_details().resource_info().cloned()
+    };
+    assert_eq!(
+        resource.map(|r| (r.resource_type, r.resource_name)),
+        Some(("fee schedule".to_string(), "standard".to_string()))
+    );
     let bad_currency = catalog
         .create_fee_schedule(svc.owner(pb::CreateFeeScheduleRequest {
             fee_schedule: Some(pb::FeeSchedule {
@@ -446,6 +459,20 @@ async fn fee_schedules_and_fees() {
         .unwrap();
     assert!(moved.is_default);
     assert_eq!(moved.name, "Euro patients");
+    let renamed_onto = catalog
+        .update_fee_schedule(svc.owner(pb::UpdateFeeScheduleRequest {
+            fee_schedule: Some(pb::FeeSchedule {
+                fee_schedule_id: euro.fee_schedule_id.clone(),
+                name: "STANDARD".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(renamed_onto.code(), Code::AlreadyExists, "{renamed_onto:?}");
     let old = catalog
         .get_fee_schedule(svc.owner(pb::GetFeeScheduleRequest {
             fee_schedule_id: standard.clone(),

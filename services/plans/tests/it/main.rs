@@ -3,6 +3,7 @@
 
 mod catalog;
 mod events;
+mod grpc_web;
 mod plans;
 mod portal;
 mod support;

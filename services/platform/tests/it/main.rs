@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod browser;
 mod consumer;
 mod outbox;
 mod serve;

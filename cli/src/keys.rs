@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use followup_platform::auth::{KeyPair, Role, Signer};
+use followup_platform::auth::{DEFAULT_MAX_TOKEN_LIFETIME, KeyPair, Role, Signer};
 
 pub const DEV_TENANT: &str = "demo-clinic";
 pub const AUDIENCE: &str = "followup";
@@ -39,6 +39,16 @@ impl DevKeys {
         role: Role,
         ttl: Duration,
     ) -> anyhow::Result<String> {
+        // The services refuse longer tokens (auth.max_token_lifetime_secs, 24 h by default): a token
+        // that cannot work is an error here, not a puzzling UNAUTHENTICATED later.
+        let max = DEFAULT_MAX_TOKEN_LIFETIME;
+        if ttl > max {
+            anyhow::bail!(
+                "a token may be valid for at most {} hours (the services' auth.max_token_lifetime_secs); asked for {} hours",
+                max.as_secs() / 3600,
+                ttl.as_secs().div_ceil(3600)
+            );
+        }
         Ok(self
             .signer()?
             .staff_token(tenant, sub, role, AUDIENCE, ttl)?)
@@ -113,7 +123,7 @@ pub struct TokenArgs {
     /// The staff id (`sub`).
     #[arg(long, default_value = "dev-owner")]
     sub: String,
-    /// Hours the token is valid.
+    /// Hours the token is valid: at most 24, the services' default `auth.max_token_lifetime_secs`.
     #[arg(long, default_value_t = 24)]
     hours: u64,
     /// The dev stack's folder.
@@ -189,6 +199,7 @@ mod tests {
                 jwt_audience: AUDIENCE.into(),
                 jwt_issuer: None,
                 leeway_secs: 0,
+                max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
             },
         )
         .expect("verifier");
@@ -225,6 +236,7 @@ mod tests {
                 jwt_audience: AUDIENCE.into(),
                 jwt_issuer: None,
                 leeway_secs: 0,
+                max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
             },
         )
         .expect("verifier");
@@ -232,5 +244,41 @@ mod tests {
         let on_disk = std::fs::read_to_string(keys_dir.join("staff.pem")).expect("read");
         assert_eq!(on_disk, loaded.staff.private_pem);
         assert_eq!(pkcs8_v1(&on_disk).expect("v1"), on_disk, "already v1");
+    }
+
+    use followup_platform::auth::Verifier;
+    use followup_platform::config::AuthConfig;
+
+    #[test]
+    fn tokens_stay_within_the_services_maximum_lifetime() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = DevKeys::load_or_create(dir.path()).expect("keys");
+        let verifier = Verifier::from_config(&AuthConfig {
+            jwt_public_keys: vec![keys.staff.public_pem.clone()],
+            jwt_public_key_files: vec![],
+            jwt_audience: AUDIENCE.into(),
+            jwt_issuer: None,
+            leeway_secs: 30,
+            max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
+        })
+        .expect("verifier");
+        let day = keys
+            .token(
+                DEV_TENANT,
+                "dev-owner",
+                Role::Owner,
+                Duration::from_secs(24 * 3600),
+            )
+            .expect("a day is allowed");
+        assert!(verifier.verify(&day).is_ok(), "the default token verifies");
+        let err = keys
+            .token(
+                DEV_TENANT,
+                "dev-owner",
+                Role::Owner,
+                Duration::from_secs(25 * 3600),
+            )
+            .expect_err("longer than the maximum");
+        assert!(err.to_string().contains("at most 24 hours"), "{err}");
     }
 }

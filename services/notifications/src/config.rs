@@ -1,6 +1,7 @@
 //! The notifications service's own configuration keys (`FOLLOWUP_NOTIFICATIONS__<KEY>`), beside the platform's
 //! [`followup_platform::CommonConfig`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ pub struct Settings {
     /// HMAC key of unsubscribe link tokens (any string, 32+ characters). Empty: a random key per start,
     /// so links sent before a restart stop working (fine for `followup dev`, never for production).
     pub unsubscribe_signing_key: Secret,
+    /// How long an email's unsubscribe link works (days; at least 30, as CAN-SPAM asks of an opt-out
+    /// mechanism). An expired link's page says how else to unsubscribe.
+    pub unsubscribe_link_ttl_days: u32,
     pub sms: SmsSettings,
     pub smtp: SmtpSettings,
     pub webhooks: WebhookSettings,
@@ -48,8 +52,13 @@ pub struct SmsSettings {
     pub auth_token: Secret,
     /// The sending number (E.164) or messaging service / sender id.
     pub from: String,
-    /// Generic adapter: the "whsec_…" secret its inbound and status callbacks are signed with.
+    /// Generic adapter: the "whsec_…" secret its inbound and status callbacks are signed with, for a
+    /// clinic without a secret of its own in `callback_secrets`. Inbound callbacks signed with it must
+    /// name their clinic in the signed body (`"tenant"`), so one clinic's callback is no good at another's URL.
     pub callback_secret: Secret,
+    /// Generic adapter: a "whsec_…" secret per clinic (tenant id → secret). A listed clinic's callbacks
+    /// verify with its own secret only.
+    pub callback_secrets: BTreeMap<String, Secret>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,6 +105,7 @@ impl Default for Settings {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8082)),
             public_base_url: "http://localhost:8082".into(),
             unsubscribe_signing_key: Secret::default(),
+            unsubscribe_link_ttl_days: 60,
             sms: SmsSettings {
                 provider: SmsProvider::None,
                 base_url: String::new(),
@@ -103,6 +113,7 @@ impl Default for Settings {
                 auth_token: Secret::default(),
                 from: String::new(),
                 callback_secret: Secret::default(),
+                callback_secrets: BTreeMap::new(),
             },
             smtp: SmtpSettings {
                 url: Secret::default(),

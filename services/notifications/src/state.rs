@@ -62,10 +62,34 @@ pub fn validate(settings: &Settings) -> Result<(), String> {
     if settings.sms.provider == SmsProvider::Twilio && settings.sms.account_sid.is_empty() {
         return Err("sms.account_sid is required for the twilio provider".into());
     }
+    for (tenant, secret) in &settings.sms.callback_secrets {
+        if !followup_platform::event::is_valid_tenant(tenant) {
+            return Err(format!(
+                "sms.callback_secrets: `{tenant}` is not a clinic id"
+            ));
+        }
+        if crate::domain::signing::secret_key(secret.expose()).is_none() {
+            return Err(format!(
+                "sms.callback_secrets.{tenant} is not a whsec_… (base64) secret"
+            ));
+        }
+    }
+    if !(30..=3650).contains(&settings.unsubscribe_link_ttl_days) {
+        return Err(format!(
+            "unsubscribe_link_ttl_days must be between 30 and 3650, got {}",
+            settings.unsubscribe_link_ttl_days
+        ));
+    }
     Ok(())
 }
 
 impl App {
+    /// When an unsubscribe link signed now stops working (Unix seconds).
+    pub fn unsubscribe_link_expiry(&self) -> i64 {
+        chrono::Utc::now().timestamp()
+            + i64::from(self.settings.unsubscribe_link_ttl_days) * 24 * 3600
+    }
+
     pub fn new(pool: PgPool, settings: Settings) -> Result<Self, String> {
         let unsubscribe_key = if settings.unsubscribe_signing_key.is_empty() {
             let mut key = vec![0u8; 32];

@@ -28,6 +28,10 @@ pub struct Settings {
     /// Read the patient's IP (consent evidence) from the first `X-Forwarded-For` address: set it only
     /// behind a proxy that sets that header.
     pub portal_trust_forwarded_for: bool,
+    /// Origins besides the portal's own (`portal_base_url`) whose pages may approve a plan from the
+    /// patient's browser, e.g. a clinic's own front-end calling the JSON API: `https://clinic.example`.
+    /// Any other cross-site approval is refused (403).
+    pub portal_allowed_origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
             portal_link_ttl_days: 30,
             default_currency: "USD".into(),
             portal_trust_forwarded_for: false,
+            portal_allowed_origins: Vec::new(),
         }
     }
 }

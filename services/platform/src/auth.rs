@@ -176,9 +176,14 @@ fn verify_with<T: DeserializeOwned>(
         let mut validation = Validation::new(key.algorithm);
         validation.set_audience(&[audience]);
         validation.leeway = leeway;
-        validation.set_required_spec_claims(&["exp", "aud"]);
+        // A token used before its `nbf` is refused (jsonwebtoken skips the check unless asked).
+        validation.validate_nbf = true;
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
+            // set_issuer alone checks `iss` only when present: a token without one would pass.
+            validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        } else {
+            validation.set_required_spec_claims(&["exp", "aud"]);
         }
         match jsonwebtoken::decode::<T>(token, &key.key, &validation) {
             Ok(data) => return Ok(data.claims),
@@ -187,21 +192,74 @@ fn verify_with<T: DeserializeOwned>(
                 last = match err.kind() {
                     ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
                     ErrorKind::InvalidAudience => {
-                        return Err(AuthError::Invalid(format!("audience is not `{audience}`")));
+                        return Err(AuthError::Invalid(format!(
+                            "the token's `aud` claim is not `{audience}`"
+                        )));
                     }
                     ErrorKind::InvalidIssuer => {
-                        return Err(AuthError::Invalid("unexpected issuer".into()));
+                        return Err(AuthError::Invalid(format!(
+                            "the token's `iss` claim is not `{}`",
+                            issuer.unwrap_or_default()
+                        )));
                     }
                     // A signature or algorithm mismatch may be another key's token: try the next key.
                     ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                         AuthError::Invalid("signature does not verify".into())
                     }
-                    other => AuthError::Invalid(format!("{other:?}")),
+                    other => return Err(AuthError::Invalid(describe_jwt_error(other))),
                 };
             }
         }
     }
     Err(last)
+}
+
+/// What is wrong with a token, in words a person acts on (never the library's debug output).
+fn describe_jwt_error(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::MissingRequiredClaim(claim) => format!("token is missing the `{claim}` claim"),
+        ErrorKind::InvalidClaimFormat(claim) => {
+            format!("the token's `{claim}` claim has the wrong type")
+        }
+        ErrorKind::ImmatureSignature => {
+            "token is not valid yet: its `nbf` (not before) time is in the future".into()
+        }
+        ErrorKind::InvalidToken => {
+            "not a JWT: expected three base64url parts separated by dots".into()
+        }
+        ErrorKind::Base64(_) => "a part of the token is not base64url".into(),
+        ErrorKind::Utf8(_) => "a part of the token is not UTF-8".into(),
+        ErrorKind::Json(err) => {
+            let text = err.to_string();
+            // serde names a claim the claims struct needs: say it as the other missing claims are said.
+            match text
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+            {
+                Some((claim, _)) => format!("token is missing the `{claim}` claim"),
+                None => format!("the token's header or claims are not valid: {text}"),
+            }
+        }
+        ErrorKind::InvalidSubject => "the token's `sub` claim is not accepted".into(),
+        ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            "the token's `alg` is not supported (EdDSA, RS256 or ES256)".into()
+        }
+        _ => "the token cannot be verified".into(),
+    }
+}
+
+/// The longest staff token accepted by default (`auth.max_token_lifetime_secs`): one working day. An
+/// integration renews its token; a leaked token stops working within a day.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
+fn hours(secs: u64) -> String {
+    if secs.is_multiple_of(3600) {
+        format!("{} h", secs / 3600)
+    } else {
+        format!("{secs} s")
+    }
 }
 
 /// Verifies staff/system tokens.
@@ -211,6 +269,7 @@ pub struct Verifier {
     audience: String,
     issuer: Option<String>,
     leeway: u64,
+    max_lifetime: u64,
 }
 
 impl Verifier {
@@ -233,6 +292,7 @@ impl Verifier {
             audience: config.jwt_audience.clone(),
             issuer: config.jwt_issuer.clone(),
             leeway: config.leeway_secs,
+            max_lifetime: config.max_token_lifetime_secs,
         })
     }
 
@@ -250,7 +310,27 @@ impl Verifier {
             ));
         }
         if claims.sub.is_empty() {
-            return Err(AuthError::Invalid("sub claim is empty".into()));
+            return Err(AuthError::Invalid(
+                "the token's `sub` claim is empty".into(),
+            ));
+        }
+        // A validly signed token for a century is a key to the clinic forever if it leaks: refuse
+        // any token issued for longer than the maximum, or still valid for longer than it from now.
+        let max = self.max_lifetime;
+        if claims.exp.saturating_sub(claims.iat) > max {
+            return Err(AuthError::Invalid(format!(
+                "token lifetime (`exp` - `iat`) is {}, more than the {} this service accepts (auth.max_token_lifetime_secs): issue a shorter-lived token",
+                hours(claims.exp.saturating_sub(claims.iat)),
+                hours(max)
+            )));
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.exp.saturating_sub(now) > max + self.leeway {
+            return Err(AuthError::Invalid(format!(
+                "token is valid for another {} (`exp` - now), more than the {} this service accepts (auth.max_token_lifetime_secs): issue a shorter-lived token",
+                hours(claims.exp.saturating_sub(now)),
+                hours(max)
+            )));
         }
         Ok(Caller {
             tenant: claims.tenant,
@@ -455,6 +535,7 @@ mod tests {
             jwt_audience: "followup".into(),
             jwt_issuer: None,
             leeway_secs: 0,
+            max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
         };
         (signer, Verifier::from_config(&config).expect("verifier"))
     }
@@ -559,6 +640,7 @@ mod tests {
             jwt_audience: "followup".into(),
             jwt_issuer: None,
             leeway_secs: 0,
+            max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
         };
         let verifier = Verifier::from_config(&config).expect("verifier");
         for pair in [old, new] {
@@ -596,12 +678,199 @@ mod tests {
             jwt_audience: "followup".into(),
             jwt_issuer: None,
             leeway_secs: 0,
+            max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
         })
         .expect("verifier");
         assert!(
             staff.verify(&token).is_err(),
             "a portal link must not work as a staff token"
         );
+    }
+
+    fn verifier_with(issuer: Option<&str>) -> (Signer, Verifier) {
+        let pair = KeyPair::generate().expect("keys");
+        let signer = Signer::from_pem(&pair.private_pem).expect("signer");
+        let config = AuthConfig {
+            jwt_public_keys: vec![pair.public_pem],
+            jwt_public_key_files: vec![],
+            jwt_audience: "followup".into(),
+            jwt_issuer: issuer.map(String::from),
+            leeway_secs: 0,
+            max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
+        };
+        (signer, Verifier::from_config(&config).expect("verifier"))
+    }
+
+    /// Claims as any issuer may write them, so tests can leave claims out or add `nbf`.
+    fn raw(signer: &Signer, claims: serde_json::Value) -> String {
+        signer.sign(&claims).expect("token")
+    }
+
+    fn invalid(result: Result<Caller, AuthError>) -> String {
+        match result {
+            Err(AuthError::Invalid(message)) => message,
+            other => panic!("expected an invalid token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_configured_issuer_is_required_not_only_checked_when_present() {
+        let (signer, verifier) = verifier_with(Some("https://idp.clinic.example"));
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |iss: Option<&str>| {
+            let mut c = serde_json::json!({
+                "tenant": "c1", "sub": "s", "role": "owner", "aud": "followup",
+                "iat": now, "exp": now + 600,
+            });
+            if let Some(iss) = iss {
+                c["iss"] = iss.into();
+            }
+            c
+        };
+        let message = invalid(verifier.verify(&raw(&signer, claims(None))));
+        assert_eq!(message, "token is missing the `iss` claim");
+        let message = invalid(verifier.verify(&raw(&signer, claims(Some("https://evil")))));
+        assert_eq!(
+            message,
+            "the token's `iss` claim is not `https://idp.clinic.example`"
+        );
+        assert!(
+            verifier
+                .verify(&raw(&signer, claims(Some("https://idp.clinic.example"))))
+                .is_ok()
+        );
+        // Without a configured issuer, `iss` stays optional.
+        let (signer, verifier) = verifier_with(None);
+        assert!(verifier.verify(&raw(&signer, claims(None))).is_ok());
+    }
+
+    #[test]
+    fn a_token_before_its_nbf_is_refused() {
+        let (signer, verifier) = verifier_with(None);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |nbf: u64| {
+            raw(
+                &signer,
+                serde_json::json!({
+                    "tenant": "c1", "sub": "s", "role": "owner", "aud": "followup",
+                    "iat": now, "exp": now + 7200, "nbf": nbf,
+                }),
+            )
+        };
+        let message = invalid(verifier.verify(&token(now + 3600)));
+        assert_eq!(
+            message,
+            "token is not valid yet: its `nbf` (not before) time is in the future"
+        );
+        assert!(verifier.verify(&token(now - 10)).is_ok());
+    }
+
+    #[test]
+    fn a_token_beyond_the_maximum_lifetime_is_refused() {
+        let (signer, verifier) = verifier_with(None);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |iat: u64, exp: u64| {
+            raw(
+                &signer,
+                serde_json::json!({
+                    "tenant": "c1", "sub": "s", "role": "owner", "aud": "followup",
+                    "iat": iat, "exp": exp,
+                }),
+            )
+        };
+        let century = 100 * 365 * 24 * 3600;
+        let message = invalid(verifier.verify(&token(now, now + century)));
+        assert!(
+            message.starts_with("token lifetime (`exp` - `iat`) is 876000 h, more than the 24 h"),
+            "{message}"
+        );
+        assert!(
+            message.contains("auth.max_token_lifetime_secs"),
+            "{message}"
+        );
+        // An `iat` back-dated to look recent does not help: what is left of it counts too.
+        let message = invalid(verifier.verify(&token(now + century - 3600, now + century)));
+        assert!(
+            message.starts_with("token is valid for another"),
+            "{message}"
+        );
+        let message = invalid(verifier.verify(&token(now, now + 25 * 3600)));
+        assert!(message.contains("25 h"), "{message}");
+        // A day exactly is fine (what `followup token` issues by default).
+        assert!(verifier.verify(&token(now, now + 24 * 3600)).is_ok());
+        let ok = signer
+            .staff_token(
+                "c1",
+                "s",
+                Role::Owner,
+                "followup",
+                DEFAULT_MAX_TOKEN_LIFETIME,
+            )
+            .expect("token");
+        assert!(verifier.verify(&ok).is_ok());
+    }
+
+    #[test]
+    fn token_errors_read_as_words_not_debug_output() {
+        let (signer, verifier) = verifier_with(None);
+        let now = jsonwebtoken::get_current_timestamp();
+        let no_aud = raw(
+            &signer,
+            serde_json::json!({
+                "tenant": "c1", "sub": "s", "role": "owner", "iat": now, "exp": now + 60,
+            }),
+        );
+        assert_eq!(
+            invalid(verifier.verify(&no_aud)),
+            "token is missing the `aud` claim"
+        );
+        let no_exp = raw(
+            &signer,
+            serde_json::json!({
+                "tenant": "c1", "sub": "s", "role": "owner", "aud": "followup", "iat": now,
+            }),
+        );
+        assert_eq!(
+            invalid(verifier.verify(&no_exp)),
+            "token is missing the `exp` claim"
+        );
+        let no_role = raw(
+            &signer,
+            serde_json::json!({
+                "tenant": "c1", "sub": "s", "aud": "followup", "iat": now, "exp": now + 60,
+            }),
+        );
+        assert_eq!(
+            invalid(verifier.verify(&no_role)),
+            "token is missing the `role` claim"
+        );
+        let portal = signer
+            .staff_token(
+                "c1",
+                "s",
+                Role::Owner,
+                PORTAL_AUDIENCE,
+                Duration::from_secs(60),
+            )
+            .expect("t");
+        assert_eq!(
+            invalid(verifier.verify(&portal)),
+            "the token's `aud` claim is not `followup`"
+        );
+        assert_eq!(
+            invalid(verifier.verify("not-a-jwt")),
+            "not a JWT: expected three base64url parts separated by dots"
+        );
+        for message in [
+            invalid(verifier.verify(&no_aud)),
+            invalid(verifier.verify("a.b.c")),
+            invalid(verifier.verify("not-a-jwt")),
+        ] {
+            assert!(
+                !message.contains('(') || message.contains("(not before)"),
+                "no Rust debug output: {message}"
+            );
+        }
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct AuthConfig {
     pub jwt_issuer: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// The longest token accepted: a token whose `exp - iat`, or `exp - now`, is beyond it is refused
+    /// (default 24 h, [`crate::auth::DEFAULT_MAX_TOKEN_LIFETIME`]).
+    pub max_token_lifetime_secs: u64,
 }
 
 /// gRPC-Web (browsers calling the gRPC port over HTTP/1.1) and the CORS answer it needs.
@@ -159,6 +162,7 @@ impl CommonConfig {
                 jwt_audience: "followup".into(),
                 jwt_issuer: None,
                 leeway_secs: 30,
+                max_token_lifetime_secs: crate::auth::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
             },
             grpc_web: GrpcWebConfig::default(),
             log: LogConfig {
@@ -220,6 +224,23 @@ impl CommonConfig {
             if let Err(reason) = check_origin(origin) {
                 return bad("grpc_web.allowed_origins", reason);
             }
+        }
+        if self.auth.max_token_lifetime_secs < 60 {
+            return bad(
+                "auth.max_token_lifetime_secs",
+                "must be at least 60 seconds".into(),
+            );
+        }
+        if self
+            .auth
+            .jwt_issuer
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return bad(
+                "auth.jwt_issuer",
+                "is empty: unset it, or name the issuer whose `iss` tokens must carry".into(),
+            );
         }
         if self.outbox.batch_size < 1 {
             return bad("outbox.batch_size", "must be at least 1".into());
@@ -480,6 +501,67 @@ fn check_dict(
     Ok(())
 }
 
+/// The configuration as `followup-<service> config` prints it: secrets are already `[redacted]` by
+/// [`Secret`]'s Debug; every URL anywhere in it (`nats_url`, a provider's `base_url`, a list of servers)
+/// also loses its password. One place, so a key added tomorrow is redacted too.
+pub fn printable(common: &impl fmt::Debug, own: &impl fmt::Debug) -> String {
+    redact_urls(&format!("{common:#?}\n{own:#?}"))
+}
+
+/// Replaces the userinfo password of every `scheme://user:password@host` in `text` with `[redacted]`
+/// (a userinfo without `:` is a token, as in `nats://token@host`: all of it goes), and the value of
+/// `password=`, `token=` and `secret=` query parameters.
+pub fn redact_urls(text: &str) -> String {
+    const REDACTED: &str = "[redacted]";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The URL ends where a Debug string, a list or a line ends.
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '\'' | '>' | ']'))
+            .unwrap_or(after.len());
+        let (url, tail) = after.split_at(end);
+        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, path) = url.split_at(authority_end);
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:{REDACTED}")),
+                    None => out.push_str(REDACTED),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        out.push_str(&redact_query(path));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_query(path: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if ["password", "pass", "token", "secret", "sslpassword"]
+                    .contains(&key.to_ascii_lowercase().as_str()) =>
+            {
+                format!("{key}=[redacted]")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
 /// A service with no configuration of its own.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct NoServiceConfig {}
@@ -655,6 +737,59 @@ mod tests {
                 "{bad}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn urls_lose_their_passwords_wherever_they_are() {
+        #[derive(Debug)]
+        #[allow(dead_code)] // read through Debug only, as the config command does
+        struct Sms {
+            base_url: String,
+            servers: Vec<String>,
+        }
+        let (common, _) = load(
+            &INFO,
+            plans_defaults(),
+            with_key()
+                .set(
+                    "nats_url",
+                    "nats://svc:n4ts-pass@nats-0:4222,nats://tok3n@nats-1:4222",
+                )
+                .set("database_url", "postgres://app:hunter2@db/plans"),
+        )
+        .expect("loads");
+        let own = Sms {
+            base_url: "https://acct:sms-pass@sms.example/v1?token=t0k&region=eu".into(),
+            servers: vec!["smtp://user:mail-pass@smtp.example:587".into()],
+        };
+        let printed = printable(&common, &own);
+        for secret in [
+            "n4ts-pass",
+            "tok3n",
+            "hunter2",
+            "sms-pass",
+            "t0k",
+            "mail-pass",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        // What an operator needs to see is still there.
+        assert!(
+            printed.contains("nats://svc:[redacted]@nats-0:4222,nats://[redacted]@nats-1:4222"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("https://acct:[redacted]@sms.example/v1?token=[redacted]&region=eu"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("smtp://user:[redacted]@smtp.example:587"),
+            "{printed}"
+        );
+        assert_eq!(
+            redact_urls("http://localhost:8082 and postgres://db/x"),
+            "http://localhost:8082 and postgres://db/x"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::auth::{Authenticator, Verifier};
 use crate::config::{self, CommonConfig, Sources};
 use crate::consumer::{Consumer, Handler};
-use crate::grpc::{GrpcServices, ObserveLayer};
+use crate::grpc::{GrpcServices, ObserveLayer, ValidateLayer};
 use crate::jetstream::{self, ConsumerSpec};
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
@@ -213,6 +213,7 @@ impl Platform {
                 .layer(cors)
                 .layer(tonic_web::GrpcWebLayer::new())
                 .layer(observe)
+                .layer(ValidateLayer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, grpc_shutdown.triggered())
                 .await;
@@ -470,7 +471,7 @@ where
             crate::telemetry::init(&format!("followup-{}", info.name), &config.common.log);
         let outcome = match cli.command.unwrap_or(Command::Serve) {
             Command::Config => {
-                println!("{:#?}\n{:#?}", config.common, config.own);
+                println!("{}", config::printable(&config.common, &config.own));
                 Ok(())
             }
             Command::Migrate => match crate::db::connect(&config.common).await {

@@ -823,6 +823,7 @@ fn unsubscribe_url(app: &App, row: &MessageRow) -> String {
             patient_id: row.patient_id.clone(),
             category: row.category.clone(),
             message_id: row.id.to_string(),
+            expires: Some(app.unsubscribe_link_expiry()),
         },
     );
     format!(

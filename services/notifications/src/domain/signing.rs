@@ -105,6 +105,16 @@ pub struct UnsubscribeClaims {
     /// The message that carried the link.
     #[serde(rename = "m")]
     pub message_id: String,
+    /// When the link stops working (Unix seconds). Links signed before expiries existed have none and
+    /// keep working (only while `unsubscribe_signing_key` stays the same).
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+}
+
+impl UnsubscribeClaims {
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
 }
 
 pub fn sign_unsubscribe(key: &[u8], claims: &UnsubscribeClaims) -> String {
@@ -185,7 +195,10 @@ mod tests {
             patient_id: "p1".into(),
             category: "recall".into(),
             message_id: "m".into(),
+            expires: Some(2_000_000_000),
         };
+        assert!(!claims.expired(1_999_999_999));
+        assert!(claims.expired(2_000_000_000));
         let token = sign_unsubscribe(key, &claims);
         assert_eq!(verify_unsubscribe(key, &token), Some(claims.clone()));
         let other = UnsubscribeClaims {

@@ -1,5 +1,11 @@
 //! The HTTP edge: SMS provider callbacks (inbound messages and delivery status, each with its signature
 //! checked) and the email one-click unsubscribe (RFC 8058). Errors answer 4xx with a JSON body.
+//!
+//! A callback is bound to its clinic: Twilio signs the URL, which names the clinic; the generic adapter
+//! verifies with the clinic's own secret (`sms.callback_secrets`), or with the shared secret only when
+//! the signed body names the clinic (`"tenant"`). Each callback's ids (webhook id, provider message id)
+//! are remembered in `sms_callback_ids` in the transaction of its effect, so a replay is answered
+//! `{"ok": true, "duplicate": true}` and changes nothing; a callback without them is refused (400).
 
 use std::collections::HashMap;
 
@@ -73,23 +79,118 @@ fn twilio_verified(
     signing::constant_time_eq(given.as_bytes(), expected.as_bytes())
 }
 
-/// The generic adapter's callbacks are signed the Standard Webhooks way with `sms.callback_secret`.
-fn generic_verified(app: &App, headers: &HeaderMap, body: &[u8]) -> bool {
-    if app.settings.sms.provider != SmsProvider::GenericJson {
-        return false;
+/// How long a generic callback's `webhook-timestamp` stays acceptable, either way (Standard Webhooks).
+const SIGNATURE_WINDOW_SECS: i64 = 300;
+
+/// Which secret verified a generic callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signed {
+    /// The clinic's own `sms.callback_secrets` entry: the signature alone names the clinic.
+    ClinicSecret,
+    /// The shared `sms.callback_secret`: valid for any clinic, so the body must name the clinic.
+    SharedSecret,
+}
+
+/// Checks a generic callback before anything is read from it: its clinic, its id and its signature.
+#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
+fn check_generic(
+    app: &App,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Signed, Response> {
+    if !is_valid_tenant(tenant) {
+        return Err(problem(StatusCode::NOT_FOUND, "unknown clinic"));
     }
-    let Some(key) = signing::secret_key(app.settings.sms.callback_secret.expose()) else {
-        return false;
+    let forbidden = || {
+        problem(
+            StatusCode::FORBIDDEN,
+            "webhook-signature is missing, stale or does not verify with this clinic's callback secret",
+        )
     };
+    if !headers.contains_key("webhook-signature") {
+        return Err(forbidden());
+    }
+    // Signed but without the id the signature covers: a malformed callback, not a forged one.
+    let Some(id) = webhook_id(headers) else {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "the callback has no `webhook-id` header: each callback needs a unique id (Standard Webhooks), which is also how a replay is recognised",
+        ));
+    };
+    generic_verified(app, tenant, id, headers, body).ok_or_else(forbidden)
+}
+
+fn webhook_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && id.len() <= 256)
+}
+
+/// The generic adapter's callbacks are signed the Standard Webhooks way, with the clinic's own secret
+/// when it has one (`sms.callback_secrets`), else with `sms.callback_secret`.
+fn generic_verified(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Signed> {
+    if app.settings.sms.provider != SmsProvider::GenericJson {
+        return None;
+    }
+    let (secret, signed) = match app.settings.sms.callback_secrets.get(tenant) {
+        Some(own) => (own, Signed::ClinicSecret),
+        None => (&app.settings.sms.callback_secret, Signed::SharedSecret),
+    };
+    let key = signing::secret_key(secret.expose())?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(ts), Some(signature)) = (
-        header("webhook-id"),
-        header("webhook-timestamp").and_then(|t| t.parse::<i64>().ok()),
-        header("webhook-signature"),
-    ) else {
-        return false;
-    };
-    signing::verify_standard(&key, id, ts, body, signature, Utc::now().timestamp(), 300)
+    let ts = header("webhook-timestamp").and_then(|t| t.parse::<i64>().ok())?;
+    let signature = header("webhook-signature")?;
+    signing::verify_standard(
+        &key,
+        id,
+        ts,
+        body,
+        signature,
+        Utc::now().timestamp(),
+        SIGNATURE_WINDOW_SECS,
+    )
+    .then_some(signed)
+}
+
+/// Records a callback's ids in the transaction of its effect; false when one of them was seen before
+/// (a replay, or the provider retrying), and then nothing else is done. Old ids are pruned here too.
+async fn first_time(
+    conn: &mut sqlx::PgConnection,
+    tenant: &str,
+    provider: &str,
+    ids: &[String],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM sms_callback_ids WHERE received_at < now() - interval '24 hours'")
+        .execute(&mut *conn)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO sms_callback_ids (tenant_id, provider, callback_id)
+         SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(provider)
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == ids.len() as u64)
+}
+
+fn duplicate() -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"ok": true, "duplicate": true})),
+    )
+        .into_response()
 }
 
 async fn twilio_inbound(
@@ -117,21 +218,32 @@ async fn twilio_inbound(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let sid = fields.get("MessageSid").copied().unwrap_or_default();
+    if sid.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the callback has no MessageSid: an inbound message needs the provider's message id",
+        );
+    }
+    let mut ids = vec![format!("msg:{sid}")];
+    if let Some(token) = headers
+        .get("i-twilio-idempotency-token")
+        .and_then(|v| v.to_str().ok())
+    {
+        ids.push(format!("token:{token}"));
+    }
     let message = InboundMessage {
         patient_id: String::new(),
         channel: Channel::Sms,
         from: fields.get("From").copied().unwrap_or_default().to_string(),
         text: fields.get("Body").copied().unwrap_or_default().to_string(),
-        provider_message_id: fields
-            .get("MessageSid")
-            .copied()
-            .unwrap_or_default()
-            .to_string(),
+        provider_message_id: sid.to_string(),
         received_at: Utc::now(),
     };
-    match apply_inbound(&app, &tenant, message).await {
+    match apply_inbound(&app, &tenant, "twilio", &ids, message).await {
+        Ok(false) => duplicate(),
         // An empty TwiML answer: replies go through the normal outbound path.
-        Ok(()) => (
+        Ok(true) => (
             [(axum::http::header::CONTENT_TYPE, "text/xml")],
             "<Response/>",
         )
@@ -146,15 +258,10 @@ async fn generic_inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !is_valid_tenant(&tenant) {
-        return problem(StatusCode::NOT_FOUND, "unknown clinic");
-    }
-    if !generic_verified(&app, &headers, &body) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "webhook-signature is missing, stale or does not verify",
-        );
-    }
+    let signed = match check_generic(&app, &tenant, &headers, &body) {
+        Ok(signed) => signed,
+        Err(resp) => return resp,
+    };
     #[derive(serde::Deserialize)]
     struct Inbound {
         from: String,
@@ -162,16 +269,44 @@ async fn generic_inbound(
         text: String,
         #[serde(default)]
         id: String,
+        /// The clinic, inside what is signed; required with the shared secret.
+        #[serde(default)]
+        tenant: Option<String>,
     }
     let parsed: Inbound = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                &format!("expected {{\"from\", \"text\", \"id\"}}: {e}"),
+                &format!("expected {{\"from\", \"text\", \"id\", \"tenant\"}}: {e}"),
             );
         }
     };
+    match (&parsed.tenant, signed) {
+        (Some(named), _) if named != &tenant => {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "the signed body names another clinic than this callback URL",
+            );
+        }
+        (None, Signed::SharedSecret) => {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "a callback signed with the shared sms.callback_secret must name its clinic in the signed body (\"tenant\"), or be signed with the clinic's own secret (sms.callback_secrets)",
+            );
+        }
+        _ => {}
+    }
+    if parsed.id.trim().is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the callback has no \"id\": an inbound message needs the provider's message id",
+        );
+    }
+    let ids = [
+        format!("webhook:{}", webhook_id(&headers).unwrap_or_default()),
+        format!("msg:{}", parsed.id),
+    ];
     let message = InboundMessage {
         patient_id: String::new(),
         channel: Channel::Sms,
@@ -180,20 +315,35 @@ async fn generic_inbound(
         provider_message_id: parsed.id,
         received_at: Utc::now(),
     };
-    match apply_inbound(&app, &tenant, message).await {
-        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response(),
+    match apply_inbound(&app, &tenant, "generic_json", &ids, message).await {
+        Ok(true) => (StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response(),
+        Ok(false) => duplicate(),
         Err(resp) => resp,
     }
 }
 
-async fn apply_inbound(app: &App, tenant: &str, message: InboundMessage) -> Result<(), Response> {
+/// Applies an inbound message once: false when its ids were seen before (nothing done).
+async fn apply_inbound(
+    app: &App,
+    tenant: &str,
+    provider: &str,
+    ids: &[String],
+    message: InboundMessage,
+) -> Result<bool, Response> {
     let mut tx = app.pool.begin().await.map_err(|e| internal(&e))?;
+    if !first_time(&mut tx, tenant, provider, ids)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        tracing::info!(tenant, provider_message_id = %message.provider_message_id, "inbound callback seen before; ignored");
+        return Ok(false);
+    }
     inbound::apply(app, &mut tx, tenant, message)
         .await
         .map_err(|e| internal(&e))?;
     tx.commit().await.map_err(|e| internal(&e))?;
     app.wake.notify_one();
-    Ok(())
+    Ok(true)
 }
 
 async fn twilio_status(
@@ -226,7 +376,15 @@ async fn twilio_status(
         .get("ErrorCode")
         .map(|c| format!("error {c}"))
         .unwrap_or_else(|| state.to_string());
-    delivery_status(&app, &tenant, "twilio", sid, state, &reason).await
+    // One message has several reports (sent, delivered): each is one callback.
+    let mut ids = vec![format!("status:{sid}:{state}")];
+    if let Some(token) = headers
+        .get("i-twilio-idempotency-token")
+        .and_then(|v| v.to_str().ok())
+    {
+        ids.push(format!("token:{token}"));
+    }
+    delivery_status(&app, &tenant, "twilio", &ids, sid, state, &reason).await
 }
 
 async fn generic_status(
@@ -235,12 +393,15 @@ async fn generic_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !is_valid_tenant(&tenant) || !generic_verified(&app, &headers, &body) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "webhook-signature is missing, stale or does not verify",
-        );
+    // A report changes only the message with that provider id in this clinic, so it needs no clinic
+    // in its body: another clinic's report finds nothing here.
+    if let Err(resp) = check_generic(&app, &tenant, &headers, &body) {
+        return resp;
     }
+    let ids = [format!(
+        "webhook:{}",
+        webhook_id(&headers).unwrap_or_default()
+    )];
     #[derive(serde::Deserialize)]
     struct Status {
         id: String,
@@ -266,6 +427,7 @@ async fn generic_status(
         &app,
         &tenant,
         "generic_json",
+        &ids,
         &parsed.id,
         &parsed.status,
         &reason,
@@ -279,6 +441,7 @@ async fn delivery_status(
     app: &App,
     tenant: &str,
     provider: &str,
+    callback_ids: &[String],
     id: &str,
     state: &str,
     reason: &str,
@@ -286,12 +449,16 @@ async fn delivery_status(
     if id.is_empty() {
         return problem(StatusCode::BAD_REQUEST, "the callback names no message id");
     }
-    let result: Result<bool, sqlx::Error> = async {
+    let result: Result<Option<bool>, sqlx::Error> = async {
         let mut tx = app.pool.begin().await?;
         let Some(mut row) = messages::get_by_provider_id(&mut tx, tenant, provider, id).await?
         else {
-            return Ok(false);
+            // Not remembered: the provider retries a report that came before the message's id.
+            return Ok(Some(false));
         };
+        if !first_time(&mut tx, tenant, provider, callback_ids).await? {
+            return Ok(None);
+        }
         let now = Utc::now();
         match state {
             "delivered" | "read" if row.status == status::SENT => {
@@ -315,12 +482,15 @@ async fn delivery_status(
             _ => {}
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(true))
     }
     .await;
     match result {
-        Ok(true) => (StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response(),
-        Ok(false) => problem(StatusCode::NOT_FOUND, "no message with this provider id"),
+        Ok(Some(true)) => {
+            (StatusCode::OK, axum::Json(serde_json::json!({"ok": true}))).into_response()
+        }
+        Ok(None) => duplicate(),
+        Ok(Some(false)) => problem(StatusCode::NOT_FOUND, "no message with this provider id"),
         Err(e) => internal(&e),
     }
 }
@@ -335,12 +505,15 @@ fn outbox_err(e: followup_platform::outbox::OutboxError) -> sqlx::Error {
 /// A link scanner may GET the link: only a POST unsubscribes (the page's button, or the mail client's
 /// one-click POST per RFC 8058).
 async fn unsubscribe_page(State(app): State<App>, Path(token): Path<String>) -> Response {
-    if signing::verify_unsubscribe(&app.unsubscribe_key, &token).is_none() {
+    let Some(claims) = signing::verify_unsubscribe(&app.unsubscribe_key, &token) else {
         return (
             StatusCode::BAD_REQUEST,
             Html("<p>This unsubscribe link is not valid.</p>"),
         )
             .into_response();
+    };
+    if claims.expired(Utc::now().timestamp()) {
+        return expired_page();
     }
     Html(format!(
         "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>\
@@ -357,6 +530,9 @@ async fn unsubscribe(State(app): State<App>, Path(token): Path<String>) -> Respo
             "this unsubscribe link is not valid",
         );
     };
+    if claims.expired(Utc::now().timestamp()) {
+        return expired_page();
+    }
     let result: crate::error::Result<()> = async {
         let mut tx = app.pool.begin().await?;
         inbound::record_consent(
@@ -383,4 +559,20 @@ async fn unsubscribe(State(app): State<App>, Path(token): Path<String>) -> Respo
         }
         Err(e) => internal(&e),
     }
+}
+
+/// 410 for an unsubscribe link past its expiry, saying how else to stop the messages: a mail client's
+/// one-click POST shows the same page.
+fn expired_page() -> Response {
+    (
+        StatusCode::GONE,
+        Html(
+            "<!doctype html><meta charset=utf-8><title>Unsubscribe link expired</title>\
+             <h1>This unsubscribe link has expired</h1>\
+             <p>Unsubscribe links work for a limited time. To stop these emails, use the unsubscribe \
+             link in a more recent email from the clinic, reply STOP to one of its text messages, or \
+             contact the clinic and ask them to stop.</p>",
+        ),
+    )
+        .into_response()
 }

@@ -315,7 +315,7 @@ async fn inbound_sms_callbacks_need_a_valid_signature_and_replies_are_published(
     h.request(sms_request("enr-13:0", "p1")).await;
     h.status_of("enr-13:0", &["sent"]).await;
     let url = format!("{}/sms/generic/{TENANT}/inbound", h.http_url());
-    let body = r#"{"from":"+447700900123","text":"Can I come on Friday?","id":"in-77"}"#;
+    let body = r#"{"from":"+447700900123","text":"Can I come on Friday?","id":"in-77","tenant":"clinic-a"}"#;
 
     let unsigned = post_json(&url, body, &[]).await;
     assert_eq!(unsigned, 403);

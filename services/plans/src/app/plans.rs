@@ -620,11 +620,13 @@ impl App {
             .map(|p| (p, send)))
     }
 
-    /// The patient approves the plan through the portal. Approving twice is not an error: the second
-    /// answer is the plan as approved, and publishes nothing.
+    /// The patient approves the plan through the portal: `version` is the version their link was sent
+    /// for (and the page showed). Approving twice is not an error: the second answer is the plan as
+    /// approved, and publishes nothing.
     pub async fn approve_by_patient(
         &self,
         claims: &PortalClaims,
+        version: i32,
         evidence: ConsentEvidence,
     ) -> Result<(Plan, bool)> {
         let id = Uuid::parse_str(&claims.plan_id)
@@ -633,6 +635,18 @@ impl App {
         let mut plan = self.locked(&mut tx, &claims.tenant, id).await?;
         if plan.patient_id != claims.patient_id {
             return Err(PlansError::not_found("plan", claims.plan_id.clone()));
+        }
+        // Checked under the row lock: a revision or a new send that commits between the page being
+        // shown and this approval cannot slip a version the patient never saw under their consent.
+        if plan.version != version {
+            return Err(PlansError::precondition(
+                SUPERSEDED,
+                id.to_string(),
+                format!(
+                    "the link is for version {version} of plan {id}, which is now at version {}",
+                    plan.version
+                ),
+            ));
         }
         if matches!(plan.status, Status::Approved | Status::Completed) {
             return Ok((plan, false));
@@ -653,6 +667,9 @@ impl App {
         Ok((plan, true))
     }
 }
+
+/// The precondition type of a patient approval whose link is for an older version of the plan.
+pub const SUPERSEDED: &str = "SUPERSEDED";
 
 /// The `data-followup-section` name of a portal section.
 pub fn section_name(section: PortalSection) -> &'static str {

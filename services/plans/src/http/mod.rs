@@ -1,11 +1,22 @@
 //! The patient portal (port 8081): the plan as the patient sees it, and the patient's approval.
 //!
 //! - `GET  /v1/portal/plans/{plan_id}` with `Authorization: Bearer <portal token>`: the plan as JSON;
-//! - `POST /v1/portal/plans/{plan_id}/approve` (same token): the patient approves; time, IP and user agent
-//!   are kept as consent evidence;
+//! - `POST /v1/portal/plans/{plan_id}/approve` (same token), body `{"consent": true, "plan_version": N}`:
+//!   the patient approves the version their link was sent for; time, IP and user agent are kept as
+//!   consent evidence;
 //! - `GET  /p/{token}`: the reference patient page (server-rendered, sections marked
-//!   `data-followup-section`, the engagement beacon script, an Approve button);
-//! - `POST /p/{token}/approve`: the page's Approve form; `GET /p/{token}/print`: a print view.
+//!   `data-followup-section`, the engagement beacon script, an Approve form);
+//! - `POST /p/{token}/approve`: the page's Approve form (`consent=yes`, `plan_version=N`);
+//!   `GET /p/{token}/print`: a print view.
+//!
+//! A link is bound to the version it was sent for: once a newer version was sent, an older link shows
+//! "a newer plan was sent" (410) and approves nothing; the version is checked again under the plan's
+//! row lock when approving. Approvals from another site's page (`Sec-Fetch-Site: cross-site`, or an
+//! `Origin` that is not the portal's own or one of `portal_allowed_origins`) are refused (403), so a page
+//! elsewhere cannot make a patient's browser approve with the patient's IP as consent evidence. Every
+//! response carries a Content-Security-Policy (scripts only from the beacon script's origin, no framing),
+//! `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer` (the
+//! token is in the URL).
 //!
 //! A token that is missing, tampered, expired or not issued by this service is 401; a plan that is not
 //! the token's, no longer exists or is being revised (a DRAFT) is 404. Errors are JSON
@@ -15,6 +26,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -35,7 +48,16 @@ struct Portal {
     app: App,
     verifier: PortalVerifier,
     templates: Arc<minijinja::Environment<'static>>,
+    /// Origins (`scheme://host[:port]`) besides the portal's own that may post approvals.
+    allowed_origins: Arc<Vec<String>>,
 }
+
+/// The templates, each with its inline `<style>` (hashed into the CSP, so no `'unsafe-inline'`).
+const TEMPLATES: [(&str, &str); 3] = [
+    ("page.html", include_str!("../../templates/page.html")),
+    ("print.html", include_str!("../../templates/print.html")),
+    ("error.html", include_str!("../../templates/error.html")),
+];
 
 /// The portal's routes. Its verifier is built from the signing key's public half (plus any previous
 /// public keys configured for a rotation).
@@ -44,19 +66,33 @@ pub fn router(app: App) -> Result<Router, String> {
     pems.extend(app.settings.portal_previous_public_keys.iter().cloned());
     let verifier = PortalVerifier::from_pems(&pems).map_err(|e| e.to_string())?;
     let mut templates = minijinja::Environment::new();
-    for (name, source) in [
-        ("page.html", include_str!("../../templates/page.html")),
-        ("print.html", include_str!("../../templates/print.html")),
-        ("error.html", include_str!("../../templates/error.html")),
-    ] {
+    for (name, source) in TEMPLATES {
         templates
             .add_template(name, source)
             .map_err(|e| format!("template {name}: {e}"))?;
     }
+    let beacon_origin = if app.settings.beacon_script_url.trim().is_empty() {
+        None
+    } else {
+        Some(origin_of(&app.settings.beacon_script_url).ok_or_else(|| {
+            format!(
+                "beacon_script_url `{}` is not an absolute http(s) URL",
+                app.settings.beacon_script_url
+            )
+        })?)
+    };
+    let mut allowed_origins = Vec::new();
+    for configured in &app.settings.portal_allowed_origins {
+        allowed_origins.push(origin_of(configured).ok_or_else(|| {
+            format!("portal_allowed_origins: `{configured}` is not an http(s) origin")
+        })?);
+    }
+    let headers = Arc::new(SecurityHeaders::new(beacon_origin.as_deref())?);
     let state = Portal {
         app,
         verifier,
         templates: Arc::new(templates),
+        allowed_origins: Arc::new(allowed_origins),
     };
     // Token-authenticated, no cookies: any origin may call the JSON API.
     let cors = CorsLayer::new()
@@ -72,7 +108,85 @@ pub fn router(app: App) -> Result<Router, String> {
         .route("/p/{token}", get(page))
         .route("/p/{token}/print", get(print))
         .route("/p/{token}/approve", post(page_approve))
-        .with_state(state))
+        .fallback(|| async {
+            PortalError::new(StatusCode::NOT_FOUND, "not_found", "There is nothing here.")
+        })
+        .with_state(state)
+        // Last, so it wraps every route, the fallback and every error page.
+        .layer(axum::middleware::map_response_with_state(
+            headers,
+            security_headers,
+        )))
+}
+
+/// `scheme://host[:port]` of an absolute http(s) URL, lower-cased as browsers send `Origin`.
+fn origin_of(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Userinfo is never part of an origin.
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{}", host.to_ascii_lowercase()))
+}
+
+/// The headers every portal response carries, built once.
+struct SecurityHeaders {
+    csp: HeaderValue,
+}
+
+impl SecurityHeaders {
+    fn new(beacon_origin: Option<&str>) -> Result<Self, String> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut styles = Vec::new();
+        for (name, source) in TEMPLATES {
+            let Some((_, after)) = source.split_once("<style>") else {
+                continue;
+            };
+            let Some((css, _)) = after.split_once("</style>") else {
+                return Err(format!("template {name}: <style> without </style>"));
+            };
+            let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(css));
+            styles.push(format!("'sha256-{hash}'"));
+        }
+        // The beacon script comes from engagement's origin and posts its beacons there (sendBeacon is
+        // governed by connect-src). Plan images are clinic-supplied http(s) URLs. Nothing else loads.
+        let beacon = beacon_origin.unwrap_or("'none'");
+        let csp = format!(
+            "default-src 'none'; script-src {beacon}; connect-src {beacon}; style-src {}; img-src 'self' https: http: data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+            styles.join(" ")
+        );
+        Ok(Self {
+            csp: HeaderValue::from_str(&csp)
+                .map_err(|e| format!("Content-Security-Policy: {e}"))?,
+        })
+    }
+}
+
+async fn security_headers(
+    State(headers): State<Arc<SecurityHeaders>>,
+    mut response: Response,
+) -> Response {
+    let set = response.headers_mut();
+    set.insert(header::CONTENT_SECURITY_POLICY, headers.csp.clone());
+    set.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    set.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The token is in the page's URL: never hand it to an image host or a linked site.
+    set.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 fn public_pem(private_pem: &str) -> Result<String, String> {
@@ -90,6 +204,8 @@ struct PortalError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The request field the error is about, when there is one.
+    field: Option<&'static str>,
 }
 
 impl PortalError {
@@ -98,7 +214,34 @@ impl PortalError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    fn bad_field(code: &'static str, field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::new(StatusCode::BAD_REQUEST, code, message)
+        }
+    }
+
+    /// The link is for a version of the plan that a newer send replaced.
+    fn superseded() -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "newer_plan_sent",
+            "The clinic has sent you a newer version of this treatment plan, so this link no longer \
+             shows or approves it. Open the newest link the clinic sent you, or contact the clinic to \
+             get it again.",
+        )
+    }
+
+    fn cross_site() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "Approvals are only accepted from the plan's own page. Open your link and approve there.",
+        )
     }
 
     fn not_found() -> Self {
@@ -114,6 +257,9 @@ impl PortalError {
             StatusCode::UNAUTHORIZED => "This link does not work",
             StatusCode::NOT_FOUND => "Plan not available",
             StatusCode::CONFLICT => "This plan cannot be approved here",
+            StatusCode::GONE => "A newer plan was sent to you",
+            StatusCode::FORBIDDEN => "This approval was refused",
+            StatusCode::BAD_REQUEST => "Please check the form",
             _ => "Something went wrong",
         };
         let body = portal
@@ -127,7 +273,11 @@ impl PortalError {
 
 impl IntoResponse for PortalError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = field.into();
+        }
+        let body = serde_json::json!({ "error": error });
         (self.status, no_store(), Json(body)).into_response()
     }
 }
@@ -163,6 +313,9 @@ impl From<PlansError> for PortalError {
                 "cannot_approve",
                 "This plan is not ready to be approved online yet. Please contact the clinic.",
             ),
+            PlansError::Precondition { kind, .. } if kind == crate::app::plans::SUPERSEDED => {
+                Self::superseded()
+            }
             PlansError::Precondition { .. } => Self::new(
                 StatusCode::CONFLICT,
                 "plan_closed",
@@ -414,7 +567,60 @@ impl Portal {
                 "The clinic is updating this plan. You will receive a new link when it is ready.",
             ));
         }
+        // The signed claim and the recorded send agree for every link this service issued.
+        if claims.plan_version != send.version {
+            return Err(PortalError::from(AuthError::Invalid(
+                "plan_version does not match the send".into(),
+            )));
+        }
+        // A link shows only the version it was sent for, never a later one at another price.
+        if plan.version != send.version {
+            return Err(PortalError::superseded());
+        }
         Ok((plan, send))
+    }
+
+    /// Refuses a state-changing request that another site's page made the patient's browser send.
+    /// Browsers send `Sec-Fetch-Site` and `Origin` on every POST; a client that sends neither (curl, a
+    /// server) is not a browser being misused and is judged by its token alone.
+    fn same_site(&self, headers: &HeaderMap) -> Result<(), PortalError> {
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("null").trim().to_ascii_lowercase());
+        let allowed = |origin: &str| {
+            origin_of(&self.app.portal_base()).as_deref() == Some(origin)
+                || self.allowed_origins.iter().any(|o| o == origin)
+                // Unconfigured (the dev stack): the portal is wherever the browser reached it.
+                || (self.app.settings.portal_base_url.trim().is_empty()
+                    && headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .is_some_and(|host| {
+                            origin
+                                .split_once("://")
+                                .is_some_and(|(_, o)| o.eq_ignore_ascii_case(host))
+                        }))
+        };
+        if let Some(origin) = &origin
+            && !allowed(origin)
+        {
+            tracing::info!("portal approval refused: foreign Origin");
+            return Err(PortalError::cross_site());
+        }
+        let fetch_site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // Cross-site is fine only from a page of an origin the clinic listed.
+        if fetch_site.eq_ignore_ascii_case("cross-site")
+            && !origin
+                .as_deref()
+                .is_some_and(|o| self.allowed_origins.iter().any(|a| a == o))
+        {
+            tracing::info!("portal approval refused: Sec-Fetch-Site cross-site");
+            return Err(PortalError::cross_site());
+        }
+        Ok(())
     }
 
     fn evidence(
@@ -487,19 +693,101 @@ struct ApproveAnswer {
     changed: bool,
 }
 
+/// What the patient says when approving: that they agree, and to which version (the one they saw).
+struct Consent {
+    plan_version: i32,
+}
+
+/// The JSON approval body: `{"consent": true, "plan_version": N}`, both required.
+fn json_consent(body: &[u8]) -> Result<Consent, PortalError> {
+    const SHAPE: &str =
+        r#"send {"consent": true, "plan_version": <the version shown to the patient>}"#;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        PortalError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the body is not JSON ({e}): {SHAPE}"),
+        )
+    })?;
+    match value.get("consent") {
+        None | Some(serde_json::Value::Null) => {
+            return Err(PortalError::bad_field(
+                "missing_field",
+                "consent",
+                format!("`consent` is missing: {SHAPE}"),
+            ));
+        }
+        Some(serde_json::Value::Bool(true)) => {}
+        Some(_) => {
+            return Err(PortalError::bad_field(
+                "consent_required",
+                "consent",
+                "`consent` must be true: the patient confirms they agree to the plan and its cost",
+            ));
+        }
+    }
+    let plan_version = match value.get("plan_version") {
+        None | Some(serde_json::Value::Null) => {
+            return Err(PortalError::bad_field(
+                "missing_field",
+                "plan_version",
+                format!("`plan_version` is missing: {SHAPE}"),
+            ));
+        }
+        Some(v) => v
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .ok_or_else(|| {
+                PortalError::bad_field(
+                    "invalid_field",
+                    "plan_version",
+                    "`plan_version` must be the positive version number the plan was shown with",
+                )
+            })?,
+    };
+    Ok(Consent { plan_version })
+}
+
+/// The consent must name the version this link was sent for.
+fn check_version(consent: &Consent, send: &Send) -> Result<(), PortalError> {
+    if consent.plan_version != send.version {
+        return Err(PortalError {
+            field: Some("plan_version"),
+            ..PortalError::new(
+                StatusCode::CONFLICT,
+                "version_mismatch",
+                format!(
+                    "This link is for version {} of the plan, not version {}.",
+                    send.version, consent.plan_version
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
 async fn api_approve(
     State(portal): State<Portal>,
     Path(plan_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, PortalError> {
+    portal.same_site(&headers)?;
     let claims = portal.verify(bearer(&headers)?)?;
     if claims.plan_id != plan_id {
         return Err(PortalError::not_found());
     }
-    portal.load(&claims).await?;
+    // The link first: a link that is not valid answers 401 whatever its body.
+    let (_, send) = portal.load(&claims).await?;
+    let consent = json_consent(&body)?;
+    check_version(&consent, &send)?;
     let evidence = portal.evidence(&claims, &headers, peer);
-    let (plan, changed) = portal.app.approve_by_patient(&claims, evidence).await?;
+    let (plan, changed) = portal
+        .app
+        .approve_by_patient(&claims, send.version, evidence)
+        .await?;
     Ok((
         no_store(),
         Json(ApproveAnswer {
@@ -577,6 +865,7 @@ async fn print(State(portal): State<Portal>, Path(token): Path<String>) -> Respo
 #[derive(Deserialize)]
 struct ApproveForm {
     consent: Option<String>,
+    plan_version: Option<String>,
 }
 
 async fn page_approve(
@@ -584,25 +873,55 @@ async fn page_approve(
     Path(token): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Form(form): Form<ApproveForm>,
+    form: Result<Form<ApproveForm>, FormRejection>,
 ) -> Response {
+    if let Err(err) = portal.same_site(&headers) {
+        return err.html(&portal);
+    }
     let claims = match portal.verify(&token) {
         Ok(claims) => claims,
         Err(err) => return err.html(&portal),
     };
-    if let Err(err) = portal.load(&claims).await {
-        return err.html(&portal);
-    }
+    let send = match portal.load(&claims).await {
+        Ok((_, send)) => send,
+        Err(err) => return err.html(&portal),
+    };
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(_) => ApproveForm {
+            consent: None,
+            plan_version: None,
+        },
+    };
     if form.consent.as_deref() != Some("yes") {
-        return PortalError::new(
-            StatusCode::BAD_REQUEST,
+        return PortalError::bad_field(
             "consent_required",
+            "consent",
             "Tick the box to confirm you agree to the plan, then press Approve.",
         )
         .html(&portal);
     }
+    let Some(plan_version) = form
+        .plan_version
+        .as_deref()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+    else {
+        return PortalError::bad_field(
+            "missing_field",
+            "plan_version",
+            "The form was incomplete. Open your link again and press Approve on the page.",
+        )
+        .html(&portal);
+    };
+    if let Err(err) = check_version(&Consent { plan_version }, &send) {
+        return err.html(&portal);
+    }
     let evidence = portal.evidence(&claims, &headers, peer);
-    match portal.app.approve_by_patient(&claims, evidence).await {
+    match portal
+        .app
+        .approve_by_patient(&claims, send.version, evidence)
+        .await
+    {
         // 303: the browser shows the page again with GET, so a reload never re-posts.
         // Relative (from /p/<token>/approve) for the same reason as the page's links.
         Ok(_) => Redirect::to(&format!("../{token}?approved=1")).into_response(),

@@ -28,14 +28,19 @@ pub struct Svc {
 
 impl Svc {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> Self {
         let env = TestEnv::start().await;
         let portal_keys = KeyPair::generate().unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             portal_signing_key: Secret::new(portal_keys.private_pem.clone()),
             portal_addr: "127.0.0.1:0".parse().unwrap(),
             beacon_script_url: "http://beacons.test/v1/beacon.js".into(),
             ..Settings::default()
         };
+        tune(&mut settings);
         let running = Service::build(env.config(&INFO, settings)).await.unwrap();
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))

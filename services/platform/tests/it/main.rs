@@ -4,6 +4,7 @@
 
 mod auth;
 mod consumer;
+mod nats_auth;
 mod outbox;
 mod serve;
 mod support;

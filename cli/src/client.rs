@@ -34,6 +34,10 @@ pub struct Access {
     /// dev stack's private server.
     #[arg(long, global = true)]
     pub nats_url: Option<String>,
+    /// The NATS nkey seed file to publish with (a clinic integration's, from `followup nats-auth
+    /// clinic`); default: the dev stack's admin (`<dir>/nats-auth/admin.nk`) when there is one.
+    #[arg(long, global = true)]
+    pub nats_credentials: Option<PathBuf>,
 }
 
 impl Access {
@@ -73,9 +77,7 @@ impl Access {
         payload: Vec<u8>,
     ) -> anyhow::Result<()> {
         let url = self.nats_url()?;
-        let client = async_nats::connect(url.as_str())
-            .await
-            .with_context(|| format!("connecting to NATS at {url}"))?;
+        let client = connect_nats(&url, self.nats_credentials.as_deref(), &self.dir).await?;
         let js = async_nats::jetstream::new(client);
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.into())
@@ -89,6 +91,30 @@ impl Access {
             })?;
         Ok(())
     }
+}
+
+/// A NATS connection for a command: as the user of `credentials` (an nkey seed file), else as the dev
+/// stack's admin when `dir` has one (the dev stack's NATS admits only its users), else anonymous.
+pub async fn connect_nats(
+    url: &str,
+    credentials: Option<&Path>,
+    dir: &Path,
+) -> anyhow::Result<async_nats::Client> {
+    let dev_admin = dir.join("nats-auth").join("admin.nk");
+    let seed_file = credentials
+        .map(Path::to_path_buf)
+        .or_else(|| dev_admin.is_file().then_some(dev_admin));
+    let options = match &seed_file {
+        Some(path) => followup_platform::nats_auth::connect_options(path)?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
+        .connect(url)
+        .await
+        .with_context(|| match &seed_file {
+            Some(path) => format!("connecting to NATS at {url} as {}", path.display()),
+            None => format!("connecting to NATS at {url} (no credentials: --nats-credentials)"),
+        })
 }
 
 /// NATS for a command: the URL given, else NATS_URL, else the port file the dev stack's private

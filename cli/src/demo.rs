@@ -104,6 +104,9 @@ pub struct DemoArgs {
     /// NATS, for the clinic system's events; default: NATS_URL, else the dev stack's private server.
     #[arg(long)]
     nats_url: Option<String>,
+    /// The NATS nkey seed file the clinic system publishes with; default: the dev stack's admin.
+    #[arg(long)]
+    nats_credentials: Option<std::path::PathBuf>,
     /// How the patient opens the portal link.
     #[arg(long, value_enum, default_value = "auto")]
     browser: BrowserChoice,
@@ -561,9 +564,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     };
     let url = crate::client::dev_nats_url(args.nats_url.as_deref(), &args.dir)?;
-    let nats = async_nats::connect(&url)
-        .await
-        .with_context(|| format!("connecting to NATS at {url} (--nats-url)"))?;
+    let nats =
+        crate::client::connect_nats(&url, args.nats_credentials.as_deref(), &args.dir).await?;
     let clinic_system = ClinicSystem {
         js: async_nats::jetstream::new(nats),
         tenant: tenant.clone(),

@@ -10,6 +10,7 @@ mod demo;
 mod dev;
 mod engagement;
 mod keys;
+mod nats_auth;
 mod notifications;
 mod plans;
 mod scheduler;
@@ -32,6 +33,9 @@ enum Command {
     Dev(dev::DevArgs),
     /// Print a staff token signed with the dev stack's key (for grpcurl and the admin commands).
     Token(keys::TokenArgs),
+    /// NATS users: every service's and the admin's credentials, a clinic integration's, the server's
+    /// users.conf.
+    NatsAuth(nats_auth::NatsAuthArgs),
     /// The engagement service: who viewed a plan, when, for how long and what.
     Engagement(engagement::EngagementArgs),
     /// The plans service: catalogue, fee schedules, and plans from draft to completion.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Token(args) => keys::print_token(args),
+            Command::NatsAuth(args) => nats_auth::run(args),
             Command::Engagement(args) => engagement::run(args).await,
             Command::Plans(args) => plans::run(*args).await,
             Command::Notifications(args) => notifications::run(*args).await,

@@ -22,7 +22,7 @@ impl Endpoints {
     fn read(&mut self, line: &str) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
-            ["NATS", url, ..] => self.nats = url.to_string(),
+            ["NATS", url, ..] if url.starts_with("nats://") => self.nats = url.to_string(),
             ["capture", "SMTP", _, "HTTP", url, ..] => self.capture = url.to_string(),
             [name, grpc, _admin, rest @ ..]
                 if ["plans", "cases", "engagement", "scheduler", "notifications"]

@@ -103,10 +103,16 @@ async fn dev_stack_serves_everything_and_stops_cleanly() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
 
     let mut grpc = Vec::new();
+    let mut nats_url = None;
     let ready = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             println!("{line}");
             let fields: Vec<&str> = line.split_whitespace().collect();
+            if let ["NATS", url, ..] = fields.as_slice()
+                && url.starts_with("nats://")
+            {
+                nats_url = Some(url.to_string());
+            }
             if let [name, addr, ..] = fields.as_slice()
                 && ["plans", "cases", "engagement", "scheduler", "notifications"].contains(name)
             {
@@ -123,6 +129,8 @@ async fn dev_stack_serves_everything_and_stops_cleanly() {
     assert_eq!(grpc.len(), 5, "five services listed: {grpc:?}");
 
     for (name, addr) in &grpc {
+        // Loopback unless `--listen` says otherwise.
+        assert!(addr.starts_with("127.0.0.1:"), "{name} listens on {addr}");
         assert!(serving(addr).await, "{name} is SERVING");
         let services = reflected_services(addr).await;
         let expected = format!("followup.{name}.v1.");
@@ -135,6 +143,26 @@ async fn dev_stack_serves_everything_and_stops_cleanly() {
             "{services:?}"
         );
     }
+
+    // The private NATS server admits only its users: an anonymous connection is refused, the admin's
+    // seed (what the dev tools use) is accepted.
+    let nats_url = nats_url.expect("followup dev prints its NATS URL");
+    assert!(
+        async_nats::ConnectOptions::new()
+            .connect(nats_url.as_str())
+            .await
+            .is_err(),
+        "an anonymous connection to the dev stack's NATS is refused"
+    );
+    let admin = dir.path().join("nats-auth").join("admin.nk");
+    followup_platform::nats_auth::connect_options(&admin)
+        .unwrap()
+        .connect(nats_url.as_str())
+        .await
+        .expect("the dev admin connects");
+    // Made once and kept, so unsubscribe links survive a restart.
+    let key = std::fs::read_to_string(dir.path().join("keys").join("unsubscribe.key")).unwrap();
+    assert_eq!(key.len(), 64, "a 32-byte hex key");
 
     let children = descendants(pid);
     assert!(

@@ -30,7 +30,8 @@ SERVICES = {
 AUTOSCALED = {"engagement", "scheduler", "notifications"}
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 # Env names whose values are secrets: they must come from a Secret, never a literal or a ConfigMap.
-SECRET_NAME = re.compile(r"(DATABASE_URL|PASSWORD|SECRET|TOKEN|PRIVATE|SIGNING_KEY|CREDENTIALS|API_KEY)")
+# A path to a credentials file or folder (NATS_CREDENTIALS_FILE/_DIR) is not itself a secret.
+SECRET_NAME = re.compile(r"(DATABASE_URL|PASSWORD|SECRET|TOKEN|PRIVATE|SIGNING_KEY|CREDENTIALS(?!_(FILE|DIR)$)|API_KEY)")
 SECRET_VALUE = re.compile(r"(BEGIN [A-Z ]*PRIVATE KEY|postgres(ql)?://[^/\s:@]+:[^@\s]+@)")
 
 

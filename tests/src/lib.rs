@@ -130,6 +130,7 @@ impl Stack {
                     .set("database_url", &db.url)
                     .set("database_max_connections", 6)
                     .set("nats_url", nats.url())
+                    .set("nats_credentials_dir", nats.credentials_dir())
                     .set("grpc_addr", "127.0.0.1:0")
                     .set("admin_addr", "127.0.0.1:0")
                     .set("auth.jwt_public_keys", vec![auth.keys.public_pem.clone()])
@@ -252,7 +253,7 @@ impl Stack {
         for (name, value) in &outgoing.headers {
             headers.insert(name.as_str(), value.as_str());
         }
-        let js = self.nats.jetstream().await;
+        let js = self.nats.jetstream_for(&subject).await;
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(outgoing.payload.into())
             .headers(headers)

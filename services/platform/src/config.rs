@@ -63,8 +63,17 @@ pub struct CommonConfig {
     pub startup_timeout_secs: u64,
     /// NATS server URL(s), comma-separated.
     pub nats_url: String,
-    /// Optional NATS credentials file (`.creds`) for a secured cluster.
+    /// NATS credentials of this service: its nkey seed file (`<service>.nk`, from `followup nats-auth`),
+    /// or a `.creds` file (user JWT and seed) on an operator-mode cluster.
     pub nats_credentials_file: Option<PathBuf>,
+    /// A folder holding one `<service>.nk` per service (the dev stack and tests hand one folder to all
+    /// five); used when `nats_credentials_file` is not set.
+    pub nats_credentials_dir: Option<PathBuf>,
+    /// PEM CA certificate(s) the NATS server's TLS certificate is checked against; setting it requires TLS.
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// Refuse to start without NATS credentials (production sets it: an unauthenticated connection
+    /// would be refused by a secured cluster anyway, but later and less clearly).
+    pub require_nats_auth: bool,
     /// Replicas of each JetStream stream this service declares (3 on a production cluster).
     pub stream_replicas: usize,
     /// gRPC listen address; port 0 picks a free port (tests).
@@ -153,6 +162,9 @@ impl CommonConfig {
             startup_timeout_secs: 60,
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_credentials_file: None,
+            nats_credentials_dir: None,
+            nats_tls_ca_file: None,
+            require_nats_auth: false,
             stream_replicas: 1,
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], info.grpc_port)),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], info.admin_port)),
@@ -206,6 +218,20 @@ impl CommonConfig {
         }
         if self.nats_url.trim().is_empty() {
             return bad("nats_url", "must name at least one NATS server".into());
+        }
+        if self.require_nats_auth
+            && self.nats_credentials_file.is_none()
+            && self.nats_credentials_dir.is_none()
+        {
+            return bad(
+                "nats_credentials_file",
+                format!(
+                    "require_nats_auth is set but no NATS credentials are configured: point \
+                     nats_credentials_file at this service's nkey seed file ({}.nk, made by \
+                     `followup nats-auth init`; see deploy/README.md, NATS users and permissions)",
+                    info.name
+                ),
+            );
         }
         if !(1..=5).contains(&self.stream_replicas) {
             return bad(
@@ -790,6 +816,30 @@ mod tests {
             redact_urls("http://localhost:8082 and postgres://db/x"),
             "http://localhost:8082 and postgres://db/x"
         );
+    }
+
+    #[test]
+    fn production_refuses_to_start_without_nats_credentials() {
+        let err = load(
+            &INFO,
+            plans_defaults(),
+            with_key().set("require_nats_auth", true),
+        )
+        .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("FOLLOWUP_PLANS__NATS_CREDENTIALS_FILE"),
+            "{text}"
+        );
+        assert!(text.contains("plans.nk"), "{text}");
+        load(
+            &INFO,
+            plans_defaults(),
+            with_key()
+                .set("require_nats_auth", true)
+                .set("nats_credentials_file", "nats/plans.nk"),
+        )
+        .expect("credentials given");
     }
 
     #[test]

@@ -101,21 +101,32 @@ pub async fn connect(
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        let mut options = async_nats::ConnectOptions::new()
+        let options = authenticate(config)
+            .await
+            .map_err(|reason| JetStreamError::Unreachable {
+                waited: started.elapsed(),
+                reason,
+            })?;
+        // What the server refused (a bad credential, a permission) is logged, and named when the first
+        // connection never comes.
+        let last_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let recorder = last_error.clone();
+        let options = options
             .name(client_name)
             // Reconnect forever: an outage of the NATS server must not end the service; readiness shows it.
             .max_reconnects(None)
-            .retry_on_initial_connect();
-        if let Some(path) = &config.nats_credentials_file {
-            options =
-                options
-                    .credentials_file(path)
-                    .await
-                    .map_err(|e| JetStreamError::Unreachable {
-                        waited: started.elapsed(),
-                        reason: format!("credentials file {}: {e}", path.display()),
-                    })?;
-        }
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                let recorder = recorder.clone();
+                async move {
+                    if let async_nats::Event::ServerError(err) = &event {
+                        tracing::warn!(error = %err, "NATS server error");
+                        if let Ok(mut last) = recorder.lock() {
+                            *last = Some(err.to_string());
+                        }
+                    }
+                }
+            });
         // retry_on_initial_connect returns at once; wait for the first connection, bounded.
         match options.connect(config.nats_url.as_str()).await {
             Ok(client) => {
@@ -130,7 +141,14 @@ pub async fn connect(
                     Ok(()) => Ok(client),
                     Err(_) => Err(JetStreamError::Unreachable {
                         waited: started.elapsed(),
-                        reason: format!("no connection to {}", config.nats_url),
+                        reason: match last_error.lock().ok().and_then(|last| last.clone()) {
+                            Some(err) => format!(
+                                "no connection to {}: the server said {err} (check \
+                                 nats_credentials_file)",
+                                config.nats_url
+                            ),
+                            None => format!("no connection to {}", config.nats_url),
+                        },
                     }),
                 };
             }
@@ -147,6 +165,33 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// Credentials and TLS of a connection, from the configuration.
+///
+/// An nkey seed file (what `followup nats-auth` makes) connects as that nkey user with the inbox prefix
+/// the server lets only that user read (`nats_auth::inbox_prefix`); a `.creds` file (a user JWT and its
+/// seed) is for an operator-mode cluster.
+pub async fn authenticate(config: &CommonConfig) -> Result<async_nats::ConnectOptions, String> {
+    let mut options = match &config.nats_credentials_file {
+        None => async_nats::ConnectOptions::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("NATS credentials file {}: {e}", path.display()))?;
+            if text.contains("BEGIN NATS USER JWT") {
+                async_nats::ConnectOptions::new()
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| format!("NATS credentials file {}: {e}", path.display()))?
+            } else {
+                crate::nats_auth::connect_options(path).map_err(|e| e.to_string())?
+            }
+        }
+    };
+    if let Some(ca) = &config.nats_tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(options)
 }
 
 /// Creates or updates every stream. Safe to run from several services and replicas at once.

@@ -12,6 +12,8 @@
 //! - [`shutdown`]: SIGTERM/SIGINT → stop intake, finish in-flight work, flush telemetry;
 //! - [`db`]: the pool and migrations (the platform's own tables, then the service's);
 //! - [`jetstream`]: every stream declared in one place, consumers declared idempotently;
+//! - [`nats_auth`]: the NATS users (services, clinic integrations, admin) and what each may publish and
+//!   subscribe to;
 //! - [`event`], [`outbox`], [`consumer`]: events out through a transactional outbox, events in through an
 //!   inbox recorded in the handler's transaction, undecodable events to `deadletter.<stream>`;
 //! - [`auth`]: staff/system JWTs on gRPC, portal link tokens;
@@ -32,6 +34,7 @@ pub mod event;
 pub mod grpc;
 pub mod jetstream;
 pub mod metrics;
+pub mod nats_auth;
 pub mod outbox;
 pub mod pacing;
 pub mod service;

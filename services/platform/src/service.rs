@@ -108,6 +108,13 @@ impl Platform {
         migrator: &Migrator,
     ) -> Result<Self, StartError> {
         config.validate(&info)?;
+        // One folder of credentials for a whole stack (dev, tests): this service's seed in it.
+        let mut config = config;
+        if config.nats_credentials_file.is_none()
+            && let Some(dir) = &config.nats_credentials_dir
+        {
+            config.nats_credentials_file = Some(dir.join(format!("{}.nk", info.name)));
+        }
         let verifier = Verifier::from_config(&config.auth)?;
         let pool = crate::db::connect(&config).await?;
         crate::db::migrate(&pool, migrator).await?;
@@ -152,6 +159,21 @@ impl Platform {
         spec: ConsumerSpec,
         handler: H,
     ) -> Result<(), StartError> {
+        // The NATS server lets a service create only the consumers of its grant; say so before it does,
+        // naming the table to change.
+        if let Some(grant) = crate::nats_auth::service(self.info.name)
+            && !grant.consumers.iter().any(|c| {
+                c.stream.name() == spec.stream
+                    && c.durable == spec.durable
+                    && c.filter == spec.filter_subject
+            })
+        {
+            return Err(StartError::Other(format!(
+                "consumer {} of {} on {} ({}) is not in the NATS permissions of {}: add it to \
+                 SERVICES in services/platform/src/nats_auth.rs (and the table in deploy/README.md)",
+                spec.durable, self.info.name, spec.stream, spec.filter_subject, self.info.name
+            )));
+        }
         // Declared now, so a misconfiguration fails the start rather than a background task.
         jetstream::ensure_consumer(&self.js, &spec).await?;
         let consumer = Consumer {

@@ -41,13 +41,14 @@ fn config_file(
 ) -> std::path::PathBuf {
     let path = dir.join("engagement.toml");
     let toml = format!(
-        "database_url = \"{db}\"\nnats_url = \"{nats}\"\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\n\
+        "database_url = \"{db}\"\nnats_url = \"{nats}\"\nnats_credentials_dir = \"{creds}\"\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\n\
          http_addr = \"{http}\"\nstartup_timeout_secs = 20\nshutdown_grace_secs = 5\n\
          rate_limit_per_minute = 1000000\nrate_limit_burst = 100000\naggregator_ack_wait_secs = 2\n\
          portal_public_keys = ['''{portal}''']\n\n[auth]\njwt_public_keys = ['''{staff}''']\n\n\
          [log]\nformat = \"json\"\nfilter = \"warn\"\n",
         db = env.db.url,
         nats = env.nats.url(),
+        creds = env.nats.credentials_dir().display(),
         grpc = ports.grpc,
         admin = ports.admin,
         http = ports.http,

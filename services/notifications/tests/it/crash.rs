@@ -23,6 +23,7 @@ fn config_file(env: &TestEnv, sms: &Sink, smtp: &str, dir: &std::path::Path) -> 
         r#"
 database_url = "{db}"
 nats_url = "{nats}"
+nats_credentials_dir = "{creds}"
 grpc_addr = "127.0.0.1:0"
 admin_addr = "127.0.0.1:0"
 http_addr = "127.0.0.1:0"
@@ -56,6 +57,7 @@ request_timeout_ms = 30000
 "#,
         db = env.db.url,
         nats = env.nats.url(),
+        creds = env.nats.credentials_dir().display(),
         key = key_file.display(),
         sms = sms.url(),
     );

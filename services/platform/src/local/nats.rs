@@ -30,6 +30,30 @@ impl LocalNats {
     /// Starts `nats-server -js` with its JetStream store in `store_dir` (created if missing) on `port`,
     /// or on a free port chosen by the server when `None`, and returns once it accepts connections.
     pub async fn start(store_dir: &Path, port: Option<u16>) -> Result<Self, LocalError> {
+        Self::launch(store_dir, port, None).await
+    }
+
+    /// The same, with a server configuration file: the `authorization` block that
+    /// [`crate::nats_auth::AuthDir`] renders (`users.conf`), so only its users may connect, each with its
+    /// permissions. The server's own file (`users.conf.server.conf`, JetStream and an `include` of it) is
+    /// written beside it. [`Self::reload`] makes the server read both again.
+    pub async fn start_with_config(
+        store_dir: &Path,
+        port: Option<u16>,
+        config: &Path,
+    ) -> Result<Self, LocalError> {
+        let config = std::path::absolute(config).map_err(LocalError::io(format!(
+            "could not resolve {}",
+            config.display()
+        )))?;
+        Self::launch(store_dir, port, Some(&config)).await
+    }
+
+    async fn launch(
+        store_dir: &Path,
+        port: Option<u16>,
+        config: Option<&Path>,
+    ) -> Result<Self, LocalError> {
         let program = process::find_program(PROGRAM).ok_or(LocalError::MissingBinary {
             program: PROGRAM,
             debian_package: "nats-server",
@@ -57,16 +81,41 @@ impl LocalNats {
         let log = store_dir.join("nats-server.log");
         let mut command = Command::new(&program);
         command
-            .arg("-js")
             .args(["-a", "127.0.0.1"])
             .arg("-p")
             .arg(port.map_or_else(|| "-1".to_owned(), |port| port.to_string()))
-            .arg("-sd")
-            .arg(&store_dir)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .arg("-P")
             .arg(&pid_file);
+        match config {
+            None => {
+                command.arg("-js").arg("-sd").arg(&store_dir);
+            }
+            // JetStream must be in the file, not in flags: a reload of a file without a `jetstream`
+            // block shuts JetStream down (NATS 2.9). The file includes the users' configuration, which
+            // `include` only finds by a path relative to the including file: so it sits beside it.
+            Some(users) => {
+                let server_config = server_config_path(users);
+                let include = users
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .ok_or_else(|| LocalError::Io {
+                        context: format!("{} has no file name", users.display()),
+                        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    })?;
+                let text = format!(
+                    "# Written by followup (LocalNats) at each start.\n\
+                     jetstream {{ store_dir: {:?} }}\ninclude {include:?}\n",
+                    store_dir.display().to_string()
+                );
+                std::fs::write(&server_config, text).map_err(LocalError::io(format!(
+                    "could not write {}",
+                    server_config.display()
+                )))?;
+                command.arg("-c").arg(&server_config);
+            }
+        }
         let mut process = ChildProcess::spawn(
             PROGRAM,
             command,
@@ -123,10 +172,26 @@ impl LocalNats {
         &self.log
     }
 
+    /// Makes the server read its configuration file again (`SIGHUP`): new users may connect once it has.
+    /// The reload is asynchronous: poll for what it should allow.
+    pub fn reload(&self) -> Result<(), LocalError> {
+        super::process::sys::send_signal(self.pid(), libc::SIGHUP).map_err(LocalError::io(format!(
+            "could not signal nats-server {} to reload",
+            self.pid()
+        )))
+    }
+
     /// Stops the server: `SIGTERM` (graceful), then `SIGKILL` if it is still running after 10 s.
     pub async fn stop(mut self) -> Result<(), LocalError> {
         self.process.stop(libc::SIGTERM, STOP_GRACE).await
     }
+}
+
+/// The server configuration written beside the users' file `users`: `<users>.server.conf`.
+fn server_config_path(users: &Path) -> PathBuf {
+    let mut name = users.file_name().unwrap_or_default().to_os_string();
+    name.push(".server.conf");
+    users.with_file_name(name)
 }
 
 fn check_not_running(pid_file: &Path, store_dir: &Path) -> Result<(), LocalError> {

@@ -5,6 +5,7 @@
 mod auth;
 mod browser;
 mod consumer;
+mod nats_auth;
 mod outbox;
 mod serve;
 mod support;

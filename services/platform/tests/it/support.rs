@@ -3,6 +3,7 @@ use std::time::Duration;
 use followup_platform::ServiceInfo;
 use followup_platform::consumer::{Handler, HandlerError};
 use followup_platform::event::{Envelope, new_event_id, now_timestamp};
+use followup_platform::nats_auth::Identity;
 use followup_platform::testkit::TestEnv;
 use followup_platform::{CommonConfig, Platform};
 use followup_proto::followup::events::v1::EventHeader;
@@ -18,8 +19,12 @@ pub const INFO: ServiceInfo = ServiceInfo {
 };
 
 pub fn config(env: &TestEnv) -> CommonConfig {
-    env.config(&INFO, followup_platform::config::NoServiceConfig {})
-        .common
+    let mut common = env
+        .config(&INFO, followup_platform::config::NoServiceConfig {})
+        .common;
+    // The test service is none of the five, so it has no NATS user of its own: the admin's.
+    common.nats_credentials_file = Some(env.nats.credentials(&Identity::Admin));
+    common
 }
 
 pub async fn platform(env: &TestEnv) -> Platform {

@@ -18,6 +18,10 @@ fn spawn(env: &TestEnv, key_file: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_followup-scheduler"))
         .env("FOLLOWUP_SCHEDULER__DATABASE_URL", &env.db.url)
         .env("FOLLOWUP_SCHEDULER__NATS_URL", env.nats.url())
+        .env(
+            "FOLLOWUP_SCHEDULER__NATS_CREDENTIALS_DIR",
+            env.nats.credentials_dir(),
+        )
         .env("FOLLOWUP_SCHEDULER__GRPC_ADDR", "127.0.0.1:0")
         .env("FOLLOWUP_SCHEDULER__ADMIN_ADDR", "127.0.0.1:0")
         .env("FOLLOWUP_SCHEDULER__CLAIM_LINKS__HTTP_ADDR", "127.0.0.1:0")

@@ -198,7 +198,7 @@ async fn run_services(args: &DevArgs, infra: &Infra) -> anyhow::Result<()> {
 
     let mut running: Vec<Running> = Vec::new();
     for (service, database_url) in services::ALL.iter().zip(databases) {
-        match services::start(service.name, &environment, &database_url).await {
+        match services::start(service.name, &environment, &database_url, &running).await {
             Ok(started) => running.push(started),
             Err(err) => {
                 stop_all(running).await;

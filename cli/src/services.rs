@@ -3,12 +3,15 @@
 use followup_platform::config::Sources;
 use followup_platform::service::{Running, ServiceConfig, ServiceInfo};
 
+/// In start order: a service that is given another's address starts after it (plans links the page to
+/// engagement's beacon script; the scheduler asks notifications for previews), so every address one
+/// service gives another is the one the stack really bound, ephemeral ports included.
 pub const ALL: [ServiceInfo; 5] = [
+    followup_engagement::INFO,
     followup_plans::INFO,
     followup_cases::INFO,
-    followup_engagement::INFO,
-    followup_scheduler::INFO,
     followup_notifications::INFO,
+    followup_scheduler::INFO,
 ];
 
 /// What the dev stack hands every service.
@@ -66,7 +69,9 @@ pub async fn start(
     name: &str,
     env: &DevEnvironment,
     database_url: &str,
+    started: &[Running],
 ) -> anyhow::Result<Running> {
+    let bound = |service: &str| started.iter().find(|r| r.info.name == service);
     let info = ALL
         .into_iter()
         .find(|info| info.name == name)
@@ -75,9 +80,16 @@ pub async fn start(
     let running = match name {
         "plans" => {
             let info = followup_plans::INFO;
-            let sources = sources
+            let mut sources = sources
                 .set("portal_signing_key", &env.portal_private_pem)
                 .set("portal_addr", env.addr(8081));
+            // The page loads beacon.js from the engagement service of this stack, wherever it bound.
+            if let Some(beacons) = bound("engagement").and_then(|r| r.http_addr("beacons")) {
+                sources = sources.set(
+                    "beacon_script_url",
+                    format!("http://{}/v1/beacon.js", reachable(beacons)),
+                );
+            }
             followup_plans::Service::build(config(
                 &info,
                 followup_plans::Settings::default(),
@@ -110,11 +122,28 @@ pub async fn start(
         }
         "scheduler" => {
             let info = followup_scheduler::INFO;
-            // Slot offers carry a claim link answered on 8083; the dev keys keep links valid across
-            // restarts. Previews ask notifications on its default port (not known with ephemeral ports).
-            let sources = sources
-                .set("claim_links.http_addr", env.addr(8083))
+            // Slot offers carry a claim link answered on 8083 (a free port chosen here with ephemeral
+            // ports, so the links can name it); the dev keys keep links valid across restarts. Previews
+            // ask this stack's notifications service.
+            let claims: std::net::SocketAddr = if env.ephemeral_ports {
+                let probe = std::net::TcpListener::bind((env.listen, 0))?;
+                probe.local_addr()?
+            } else {
+                env.addr(8083).parse()?
+            };
+            let mut sources = sources
+                .set("claim_links.http_addr", claims.to_string())
+                .set(
+                    "claim_links.public_base_url",
+                    format!("http://{}", reachable(claims)),
+                )
                 .set("claim_links.signing_key", &env.portal_private_pem);
+            if let Some(notifications) = bound("notifications") {
+                sources = sources.set(
+                    "notifications.addr",
+                    format!("http://{}", reachable(notifications.grpc_addr)),
+                );
+            }
             followup_scheduler::Service::build(config(
                 &info,
                 followup_scheduler::Settings::default(),
@@ -146,4 +175,14 @@ pub async fn start(
         other => anyhow::bail!("no service named {other}"),
     };
     Ok(running)
+}
+
+/// An address a browser or a client on this machine can use for a bound one: a wildcard bind
+/// (`--listen 0.0.0.0`) is reached through loopback.
+fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
 }

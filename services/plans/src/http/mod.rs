@@ -163,6 +163,9 @@ impl From<PlansError> for PortalError {
                 "cannot_approve",
                 "This plan is not ready to be approved online yet. Please contact the clinic.",
             ),
+            PlansError::Superseded { by, .. } => {
+                Self::new(StatusCode::CONFLICT, "superseded", by.patient_message())
+            }
             PlansError::Precondition { .. } => Self::new(
                 StatusCode::CONFLICT,
                 "plan_closed",

@@ -873,6 +873,12 @@ fn print_report(response: &pb::GetLeakageReportResponse, from: NaiveDate, to: Na
             );
         }
     }
+    if response.slots_refilled_count > 0 {
+        println!(
+            "\nSlots refilled from the waitlist: {} ({} without a value: claims for no plan)",
+            response.slots_refilled_count, response.slots_refilled_without_value_count
+        );
+    }
 }
 
 async fn simulate(args: &CasesArgs) -> anyhow::Result<()> {

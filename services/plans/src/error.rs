@@ -34,6 +34,16 @@ pub enum PlansError {
     /// Approve refused: each required field still empty, as "item 3 (D6010): practitioner_id is empty".
     #[error("the plan cannot be approved: {}", .0.join("; "))]
     MissingFields(Vec<String>),
+    /// Approve refused: another option of the plan's alternative group was chosen.
+    #[error(
+        "plan {plan_id} is superseded: {} of its alternative group was chosen on {}; only the chosen option can be approved (to offer this treatment again, create a new plan)",
+        .by.chosen(),
+        .by.at.format("%Y-%m-%d %H:%M UTC")
+    )]
+    Superseded {
+        plan_id: uuid::Uuid,
+        by: crate::domain::alternatives::Supersession,
+    },
     /// Two writers raced on the same row.
     #[error("{0}")]
     Conflict(String),
@@ -125,6 +135,9 @@ impl From<PlansError> for tonic::Status {
             } => failed_precondition(kind, &subject, description),
             PlansError::MissingFields(_) => {
                 failed_precondition("MISSING_REQUIRED_FIELDS", "plan", err.to_string())
+            }
+            PlansError::Superseded { plan_id, .. } => {
+                failed_precondition("PLAN_SUPERSEDED", &plan_id.to_string(), err.to_string())
             }
             PlansError::Conflict(message) => tonic::Status::aborted(message),
             // A unique index caught two requests racing (a schedule name, the one default schedule).

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod consumers;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -42,6 +43,9 @@ impl Service {
         }
         let signer = Signer::from_pem(settings.portal_signing_key.expose())?;
         let platform = Platform::start(INFO, config.common, &MIGRATOR).await?;
+        platform
+            .consume(consumers::spec(), consumers::CaseOutcomes)
+            .await?;
         let auth = platform.authenticator();
         let portal_addr = settings.portal_addr;
         let app = app::App::new(platform.pool.clone(), signer, settings)

@@ -62,7 +62,12 @@ pub const SERVICES: [ServiceGrant; 5] = [
     ServiceGrant {
         service: "plans",
         publishes: &["followup.*.plans.>"],
-        consumers: &[],
+        // Which option of an alternative group the patient took, as cases saw it.
+        consumers: &[c(
+            Stream::Followup,
+            "plans-cases",
+            "followup.*.cases.case_status_changed",
+        )],
         replays: &[],
     },
     ServiceGrant {

@@ -98,6 +98,36 @@ impl Notifications {
         })
     }
 
+    /// Whether an address is configured (tests and single-service runs may have none).
+    pub fn configured(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Whether the clinic has template `(key, channel)` in notifications (its own or a built-in; a
+    /// disabled one exists: the clinic chose to silence it, and the timeline shows it suppressed).
+    pub async fn template_exists(
+        &self,
+        bearer: &str,
+        key: &str,
+        channel: Channel,
+    ) -> Result<bool, tonic::Status> {
+        let mut client = self.client().map_err(tonic::Status::failed_precondition)?;
+        let found = client
+            .list_templates(Self::request(
+                api::ListTemplatesRequest {
+                    channel: channel as i32,
+                    key: key.to_string(),
+                    page_size: 1,
+                    page_token: String::new(),
+                },
+                bearer,
+            ))
+            .await?
+            .into_inner()
+            .templates;
+        Ok(found.iter().any(|t| t.key == key))
+    }
+
     /// Renders the clinic's template `(key, channel)` for a patient (or with example values when the
     /// patient is not known to notifications), with the variables a live request would carry.
     pub async fn render(

@@ -49,11 +49,26 @@ impl ReportCase {
     }
 }
 
-/// A waitlist slot refilled (slot_claimed), for the report's "slots refilled".
+/// A waitlist slot refilled (slot_claimed), for the report's "slots refilled". A claim from a waitlist
+/// entry with no plan has no value: it counts, in no currency's line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SlotRefill {
-    pub value: Money,
+    pub value: Option<Money>,
     pub owner_staff_id: Option<String>,
+}
+
+/// Every slot refilled in the period, with a value or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefillCounts {
+    pub count: i32,
+    pub without_value: i32,
+}
+
+pub fn refill_counts(slots: &[SlotRefill]) -> RefillCounts {
+    RefillCounts {
+        count: slots.len() as i32,
+        without_value: slots.iter().filter(|s| s.value.is_none()).count() as i32,
+    }
 }
 
 /// The figures of one set of cases in one currency.
@@ -146,7 +161,7 @@ fn figures(currency: &str, cases: &[&ReportCase], slots: &[&SlotRefill]) -> Figu
     f.median_days_to_book = median_secs(to_book).map_or(0.0, |s| s / 86_400.0);
     for slot in slots {
         f.slots_refilled_count += 1;
-        f.slots_refilled_value += slot.value.amount_minor;
+        f.slots_refilled_value += slot.value.as_ref().map_or(0, |v| v.amount_minor);
     }
     f
 }
@@ -166,8 +181,11 @@ pub fn leakage_report(cases: &[ReportCase], slots: &[SlotRefill]) -> Vec<ReportL
             .push(case);
     }
     for slot in slots {
+        let Some(value) = &slot.value else {
+            continue;
+        };
         currencies
-            .entry(slot.value.currency.as_str())
+            .entry(value.currency.as_str())
             .or_default()
             .1
             .push(slot);
@@ -273,10 +291,24 @@ mod tests {
         let mut h = case(PatientBooked, 10000, "USD", Some("ana"));
         h.booked_at = Some(day(3));
         h.first_follow_up_at = Some(day(1));
-        let slots = vec![SlotRefill {
-            value: Money::new(2500, "EUR"),
-            owner_staff_id: Some("ana".into()),
-        }];
+        let slots = vec![
+            SlotRefill {
+                value: Some(Money::new(2500, "EUR")),
+                owner_staff_id: Some("ana".into()),
+            },
+            // A claim from a waitlist entry with no plan: counted, in no currency's line.
+            SlotRefill {
+                value: None,
+                owner_staff_id: None,
+            },
+        ];
+        assert_eq!(
+            refill_counts(&slots),
+            RefillCounts {
+                count: 2,
+                without_value: 1
+            }
+        );
 
         let lines = leakage_report(&[a, b, c, d, e, f, g1, g2, h], &slots);
         assert_eq!(lines.len(), 2, "one line per currency");

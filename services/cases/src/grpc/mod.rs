@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::domain::CaseStatus;
 use crate::domain::case::{CaseEvent, CaseSettings, Input};
-use crate::domain::report::{ReportCase, SlotRefill, leakage_report};
+use crate::domain::report::{ReportCase, SlotRefill, leakage_report, refill_counts};
 use crate::domain::text::query_words;
 use crate::domain::timeline::EntryKind;
 use crate::domain::validate_settings;
@@ -702,10 +702,11 @@ impl CasesService for CasesServiceApi {
         let slots: Vec<SlotRefill> = slots
             .into_iter()
             .map(|(amount, currency, owner)| SlotRefill {
-                value: Money::new(amount, currency),
+                value: (!currency.is_empty()).then(|| Money::new(amount, currency)),
                 owner_staff_id: owner,
             })
             .collect();
+        let refills = refill_counts(&slots);
         let lines = leakage_report(&report_cases, &slots);
         let owners: Vec<String> = lines
             .iter()
@@ -720,6 +721,8 @@ impl CasesService for CasesServiceApi {
                 .map(|l| convert::report_line(l, &names))
                 .collect(),
             time_zone: settings.time_zone,
+            slots_refilled_count: refills.count,
+            slots_refilled_without_value_count: refills.without_value,
         }))
     }
 

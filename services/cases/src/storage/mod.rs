@@ -530,7 +530,8 @@ pub async fn report_cases(
         .collect())
 }
 
-/// Slots refilled in [start, end), with the owner of the case they served (if known).
+/// Slots refilled in [start, end), with or without a value (currency '' = none), with the owner of the
+/// case they served (if known).
 pub async fn report_slots(
     conn: &mut PgConnection,
     tenant_id: &str,
@@ -543,7 +544,7 @@ pub async fn report_slots(
             "SELECT s.value_minor, s.currency, c.owner_staff_id
          FROM slot_refills s
          LEFT JOIN cases c ON c.tenant_id = s.tenant_id AND c.case_id = s.case_id
-         WHERE s.tenant_id = $1 AND s.claimed_at >= $2 AND s.claimed_at < $3 AND s.currency <> ''
+         WHERE s.tenant_id = $1 AND s.claimed_at >= $2 AND s.claimed_at < $3
            AND ($4::text IS NULL OR c.owner_key = $4)",
         )
         .bind(tenant_id)

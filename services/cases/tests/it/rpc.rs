@@ -999,3 +999,70 @@ async fn watch_cases_sees_a_change_made_through_another_replica() {
     assert_eq!(seen.entry.unwrap().actor_staff_id, "fd-7");
     replica.stop().await;
 }
+
+/// "Slots refilled" counts every claim: one for a plan (with its value) and one from a waitlist entry
+/// with no plan (no value, so in no currency's line, but counted).
+#[tokio::test]
+async fn the_report_counts_refilled_slots_with_and_without_a_value() {
+    let h = Harness::start().await;
+    let claim = |offer: &str,
+                 case: Option<String>,
+                 value: Option<followup_proto::followup::common::v1::Money>| {
+        ev::SlotClaimed {
+            event_id: followup_platform::event::new_event_id().to_string(),
+            tenant_id: CLINIC.into(),
+            occurred_at: ts(at(10)),
+            slot_id: followup_platform::event::new_event_id().to_string(),
+            slot_offer_id: offer.into(),
+            patient_id: "pat-w".into(),
+            case_ref: case.map(|id| followup_proto::followup::common::v1::CaseRef {
+                target: Some(followup_proto::followup::common::v1::case_ref::Target::PlanId(id)),
+            }),
+            value,
+            ..Default::default()
+        }
+    };
+    let offer_a = followup_platform::event::new_event_id().to_string();
+    let offer_b = followup_platform::event::new_event_id().to_string();
+    h.publish(&claim(&offer_a, Some(plan_id()), eur(12_000)))
+        .await;
+    h.publish(&claim(&offer_b, None, None)).await;
+    let token = h.token(Role::Owner);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let report = h
+            .client
+            .clone()
+            .get_leakage_report(authed(
+                pb::GetLeakageReportRequest {
+                    start_time: ts(at(0)),
+                    end_time: ts(at(60)),
+                    owner_staff_id: String::new(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if report.slots_refilled_count == 2 {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both claims were not counted: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report.slots_refilled_without_value_count, 1);
+    let eur_line = report
+        .lines
+        .iter()
+        .find(|l| l.figures.as_ref().is_some_and(|f| f.currency == "EUR"))
+        .and_then(|l| l.figures.clone())
+        .expect("a EUR line");
+    assert_eq!(eur_line.slots_refilled_count, 1);
+    assert_eq!(
+        eur_line.slots_refilled_value.map(|m| m.amount_minor),
+        Some(12_000)
+    );
+}

@@ -11,13 +11,14 @@ use uuid::Uuid;
 
 use super::{App, events};
 use crate::INFO;
+use crate::domain::alternatives::{self, BillingLine};
 use crate::domain::money::Currency;
 use crate::domain::plan::{
     Approval, ApprovalChannel, ConsentEvidence, Image, ImageKind, Item, Plan, Status,
 };
 use crate::domain::tooth::Tooth;
 use crate::error::{PlansError, Result};
-use crate::storage::{catalog as codes_db, plans as db};
+use crate::storage::{alternatives as groups_db, catalog as codes_db, plans as db};
 
 /// Who is acting: the staff id (JWT sub) and clinic.
 pub struct Actor<'a> {
@@ -531,6 +532,7 @@ impl App {
                 ),
             ));
         }
+        self.settle_group_lock(&mut tx, &mut plan).await?;
         plan.approve(Approval {
             channel: ApprovalChannel::Staff,
             staff_id: actor.staff_id.to_string(),
@@ -538,6 +540,7 @@ impl App {
             evidence: None,
         })?;
         db::save(&mut tx, &plan).await?;
+        self.supersede_siblings(&mut tx, &plan).await?;
         enqueue_event(&mut tx, INFO.name, &events::approved(&plan)).await?;
         if plan.status == Status::Completed {
             enqueue_event(&mut tx, INFO.name, &events::completed(&plan)).await?;
@@ -599,9 +602,46 @@ impl App {
         Ok(next)
     }
 
-    pub async fn billing(&self, tenant: &str, patient_id: &str) -> Result<Vec<db::BillingRow>> {
+    /// The patient's billing summary: an alternative group counts once (`alternatives::billing`).
+    pub async fn billing(&self, tenant: &str, patient_id: &str) -> Result<Vec<BillingLine>> {
         let mut conn = self.conn().await?;
-        db::billing(&mut conn, tenant, patient_id).await
+        let plans = groups_db::billing_plans(&mut conn, tenant, patient_id).await?;
+        Ok(alternatives::billing(&plans))
+    }
+
+    /// Before approving an option of an alternative group: takes the group's lock (two options approved
+    /// at once: the second sees the first's choice) and reads the plan's supersession again under it.
+    async fn settle_group_lock(&self, conn: &mut PgConnection, plan: &mut Plan) -> Result<()> {
+        if plan.alternative_group_id.is_empty() {
+            return Ok(());
+        }
+        groups_db::lock_group(conn, &plan.tenant_id, &plan.alternative_group_id).await?;
+        plan.superseded = groups_db::of_plans(conn, &plan.tenant_id, &[plan.id])
+            .await?
+            .remove(&plan.id);
+        Ok(())
+    }
+
+    /// After approving an option: the group's other options offered so far are superseded by it.
+    async fn supersede_siblings(&self, conn: &mut PgConnection, plan: &Plan) -> Result<()> {
+        let Some(approval) = &plan.approval else {
+            return Ok(());
+        };
+        if plan.alternative_group_id.is_empty() {
+            return Ok(());
+        }
+        let superseded = groups_db::supersede_siblings(
+            conn,
+            &plan.tenant_id,
+            &plan.alternative_group_id,
+            plan.id,
+            approval.at,
+        )
+        .await?;
+        if superseded > 0 {
+            tracing::info!(tenant = %plan.tenant_id, plan_id = %plan.id, superseded, "alternative group settled by an approval");
+        }
+        Ok(())
     }
 
     /// The plan and the send behind a verified portal token; None when the link is not one this
@@ -651,6 +691,7 @@ impl App {
         if matches!(plan.status, Status::Approved | Status::Completed) {
             return Ok((plan, false));
         }
+        self.settle_group_lock(&mut tx, &mut plan).await?;
         plan.approve(Approval {
             channel: ApprovalChannel::PatientPortal,
             staff_id: String::new(),
@@ -658,6 +699,7 @@ impl App {
             evidence: Some(evidence),
         })?;
         db::save(&mut tx, &plan).await?;
+        self.supersede_siblings(&mut tx, &plan).await?;
         enqueue_event(&mut tx, INFO.name, &events::approved(&plan)).await?;
         if plan.status == Status::Completed {
             enqueue_event(&mut tx, INFO.name, &events::completed(&plan)).await?;

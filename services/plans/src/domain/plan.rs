@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::alternatives::Supersession;
 use super::graph;
 use super::money::{Currency, Money};
 use super::tooth::Tooth;
@@ -250,6 +251,9 @@ pub struct Plan {
     pub cancel_reason: String,
     pub cancelled_by: String,
     pub revision_reason: String,
+    /// Set when another option of the plan's alternative group was chosen (see `alternatives`); kept
+    /// beside the versions, not in them: it is about the plan, whatever its version.
+    pub superseded: Option<Supersession>,
 }
 
 /// A plan's money, in its currency.
@@ -316,6 +320,7 @@ impl Plan {
             cancel_reason: String::new(),
             cancelled_by: String::new(),
             revision_reason: String::new(),
+            superseded: None,
         }
     }
 
@@ -732,6 +737,12 @@ impl Plan {
                     ),
                 ));
             }
+        }
+        if let Some(superseded) = &self.superseded {
+            return Err(PlansError::Superseded {
+                plan_id: self.id,
+                by: superseded.clone(),
+            });
         }
         if approval.channel == ApprovalChannel::PatientPortal && self.status != Status::Sent {
             return Err(PlansError::precondition(

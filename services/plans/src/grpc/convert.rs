@@ -211,6 +211,13 @@ pub fn plan(p: &Plan, full: bool) -> pb::Plan {
         cancel_time: p.cancel_time.map(timestamp),
         cancel_reason: p.cancel_reason.clone(),
         revision_reason: p.revision_reason.clone(),
+        superseded_time: p.superseded.as_ref().map(|s| timestamp(s.at)),
+        superseded_by_plan_id: p
+            .superseded
+            .as_ref()
+            .and_then(|s| s.by_plan_id)
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -316,6 +316,9 @@ impl From<PlansError> for PortalError {
             PlansError::Precondition { kind, .. } if kind == crate::app::plans::SUPERSEDED => {
                 Self::superseded()
             }
+            PlansError::Superseded { by, .. } => {
+                Self::new(StatusCode::CONFLICT, "superseded", by.patient_message())
+            }
             PlansError::Precondition { .. } => Self::new(
                 StatusCode::CONFLICT,
                 "plan_closed",

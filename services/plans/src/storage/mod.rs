@@ -1,4 +1,5 @@
 //! PostgreSQL: the clinic's catalogue and its plans. Every table has tenant_id; every query filters by it.
 
+pub mod alternatives;
 pub mod catalog;
 pub mod plans;

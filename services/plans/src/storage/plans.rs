@@ -122,6 +122,7 @@ impl VersionRow {
             cancel_reason: self.cancel_reason,
             cancelled_by: self.cancelled_by,
             revision_reason: self.revision_reason,
+            superseded: None,
         })
     }
 }
@@ -201,6 +202,8 @@ async fn assemble(
 ) -> Result<Vec<Plan>> {
     let keys: Vec<(Uuid, i32)> = rows.iter().map(|r| (r.plan_id, r.version)).collect();
     let mut items = load_items(conn, tenant, &keys).await?;
+    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let superseded = super::alternatives::of_plans(conn, tenant, &ids).await?;
     let mut plans = Vec::with_capacity(rows.len());
     for row in rows {
         let (mine, rest): (Vec<ItemRow>, Vec<ItemRow>) = items
@@ -211,7 +214,10 @@ async fn assemble(
             .into_iter()
             .map(ItemRow::into_item)
             .collect::<Result<Vec<_>>>()?;
-        plans.push(row.into_plan(mine)?);
+        let id = row.plan_id;
+        let mut plan = row.into_plan(mine)?;
+        plan.superseded = superseded.get(&id).cloned();
+        plans.push(plan);
     }
     Ok(plans)
 }
@@ -501,39 +507,6 @@ pub async fn find_send(
     .bind(tenant)
     .bind(link_id)
     .fetch_optional(&mut *conn)
-    .await?)
-}
-
-/// A patient's plan money in one currency (current versions).
-#[derive(Debug, sqlx::FromRow)]
-pub struct BillingRow {
-    pub currency: String,
-    pub planned: i64,
-    pub approved: i64,
-    pub completed: i64,
-    pub remaining: i64,
-    pub plan_count: i64,
-}
-
-pub async fn billing(
-    conn: &mut PgConnection,
-    tenant: &str,
-    patient_id: &str,
-) -> Result<Vec<BillingRow>> {
-    Ok(sqlx::query_as::<sqlx::Postgres, BillingRow>(
-        "SELECT currency,
-                COALESCE(SUM(total_minor) FILTER (WHERE status IN ('DRAFT', 'SENT', 'APPROVED')), 0)::bigint AS planned,
-                COALESCE(SUM(total_minor) FILTER (WHERE status IN ('APPROVED', 'COMPLETED')), 0)::bigint AS approved,
-                COALESCE(SUM(completed_minor), 0)::bigint AS completed,
-                COALESCE(SUM(total_minor - completed_minor) FILTER (WHERE status IN ('APPROVED', 'COMPLETED')), 0)::bigint AS remaining,
-                count(*) AS plan_count
-         FROM plan_versions
-         WHERE tenant_id = $1 AND patient_id = $2 AND is_current
-         GROUP BY currency ORDER BY currency",
-    )
-    .bind(tenant)
-    .bind(patient_id)
-    .fetch_all(&mut *conn)
     .await?)
 }
 

@@ -201,6 +201,8 @@ struct Case {
     patient_id: String,
     approved: bool,
     appointments: Vec<String>,
+    /// When the presentation status was last set.
+    status_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug)]
@@ -260,6 +262,10 @@ pub struct Simulation {
     timer_queue: BTreeSet<(DateTime<Utc>, String)>,
     by_channel: HashMap<Channel, u32>,
     report: Report,
+    /// The event time of the event being applied, which may be before the clock (delivered late):
+    /// bookings and replies keep it, as the live facts keep `occurred_at`, so what they stop and how
+    /// soon after enrolling a patient booked do not depend on delivery order.
+    happened: DateTime<Utc>,
 }
 
 impl Simulation {
@@ -290,6 +296,7 @@ impl Simulation {
             timer_queue: BTreeSet::new(),
             by_channel: HashMap::new(),
             report: Report::default(),
+            happened: DateTime::<Utc>::MIN_UTC,
         }
     }
 
@@ -308,6 +315,7 @@ impl Simulation {
 
     /// Applies one event that happened at `at`; what fell due before it fires first.
     pub fn apply(&mut self, at: DateTime<Utc>, event: &SimEvent) {
+        self.happened = at;
         // The clock never moves backwards: a late event is applied at the current time.
         let at = self.now.map_or(at, |now| now.max(at));
         self.advance(at);
@@ -382,6 +390,7 @@ impl Simulation {
                 patient_id: patient_id.to_string(),
                 approved: false,
                 appointments: Vec::new(),
+                status_at: None,
             });
         if case.patient_id.is_empty() {
             case.patient_id = patient_id.to_string();
@@ -751,7 +760,7 @@ impl Simulation {
                 patient_id,
                 status,
             } => {
-                self.set_status(plan_id, patient_id, *status);
+                self.set_status(plan_id, patient_id, *status, at);
                 let reason = if *status == CaseStatus::TreatmentCompleted {
                     StopReason::PlanCompleted
                 } else {
@@ -799,7 +808,7 @@ impl Simulation {
                 patient_id,
                 status,
             } => {
-                self.set_status(case_id, patient_id, *status);
+                self.set_status(case_id, patient_id, *status, at);
                 let reason = match status {
                     CaseStatus::PatientBooked => StopReason::Booked,
                     CaseStatus::PatientRejected => StopReason::Rejected,
@@ -810,6 +819,7 @@ impl Simulation {
                 self.stop_case(CaseKind::CasePresentation, case_id, reason, at);
             }
             E::Replied { patient_id } => {
+                let at = self.happened.min(at);
                 let p = self.patient(patient_id);
                 p.last_replied = Some(p.last_replied.map_or(at, |l| l.max(at)));
                 self.stop_patient(patient_id, StopReason::PatientReplied, at, true, |_| true);
@@ -843,10 +853,16 @@ impl Simulation {
         }
     }
 
-    fn set_status(&mut self, plan_id: &str, patient_id: &str, status: CaseStatus) {
-        let f = &mut self
-            .case(CaseKind::CasePresentation, plan_id, patient_id)
-            .facts;
+    fn set_status(
+        &mut self,
+        plan_id: &str,
+        patient_id: &str,
+        status: CaseStatus,
+        at: DateTime<Utc>,
+    ) {
+        let case = self.case(CaseKind::CasePresentation, plan_id, patient_id);
+        case.status_at = Some(at);
+        let f = &mut case.facts;
         f.presentation_status = Some(status);
         f.open = !super::facts::is_closed_status(status);
     }
@@ -876,6 +892,7 @@ impl Simulation {
     }
 
     fn booked(&mut self, at: DateTime<Utc>, a: &Appointment, replaces: &str) {
+        let at = self.happened.min(at);
         self.record_appointment(a, AppointmentState::Booked);
         if !replaces.is_empty() {
             self.replaced.insert(replaces.to_string());
@@ -896,7 +913,7 @@ impl Simulation {
             }
         }
         if !a.plan_id.is_empty() {
-            self.set_status(&a.plan_id, &a.patient_id, CaseStatus::PatientBooked);
+            self.set_status(&a.plan_id, &a.patient_id, CaseStatus::PatientBooked, at);
         }
         self.stop_patient(&a.patient_id, StopReason::Booked, at, true, |_| true);
         if !a.plan_id.is_empty() {
@@ -990,6 +1007,7 @@ impl Simulation {
             return;
         }
         let mut patient_tz = None;
+        let mut stops = Vec::new();
         if !patient_id.is_empty()
             && let Some(p) = self.patients.get(patient_id)
         {
@@ -1002,22 +1020,39 @@ impl Simulation {
             {
                 return;
             }
-            let after = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t > trigger_at);
-            if self.rule.stops_on(StopReason::Booked) && after(p.last_booked) {
-                return;
-            }
-            if self.rule.stops_on(StopReason::PatientReplied) && after(p.last_replied) {
-                return;
-            }
+            // A booking or reply after the trigger (applied first, out of order) ends the sequence as
+            // soon as it starts, as live (`enrollment::LateStop`).
+            stops.push((
+                StopReason::Booked,
+                p.last_booked,
+                "booked since the trigger",
+            ));
+            stops.push((
+                StopReason::PatientReplied,
+                p.last_replied,
+                "replied since the trigger",
+            ));
             patient_tz = p.tz;
         }
         let (facts, approved) = self.subject_facts(&subject, now);
         if let Some((kind, id)) = subject.case()
-            && self.cases.contains_key(&(kind, id.to_string()))
-            && closed_reason(&facts, approved, &self.rule).is_some()
+            && let Some(case) = self.cases.get(&(kind, id.to_string()))
+            && let Some(why) = closed_reason(&facts, approved, &self.rule)
         {
-            return;
+            let status = facts.presentation_status;
+            let closed_at = case.status_at.filter(|at| *at > trigger_at);
+            match (status.and_then(|s| self.status_stop(kind, s)), closed_at) {
+                (Some(reason), Some(at))
+                    if facts
+                        .presentation_status
+                        .is_some_and(super::facts::is_closed_status) =>
+                {
+                    stops.push((reason, Some(at), why));
+                }
+                _ => return,
+            }
         }
+        let late = enrollment::late_stop(&self.rule, trigger_at, &stops);
         if let Some(c) = &self.rule.condition
             && !condition::holds(c, &facts, self.today(now))
         {
@@ -1033,10 +1068,12 @@ impl Simulation {
             return;
         };
         let i = self.enrollments.len();
+        // The schedule's start, not the clock: an enrollment of a trigger applied late (after a booking
+        // that happened later) started when the trigger happened, as it would have in order.
         self.enrollments.push(Enrollment {
             subject,
             patient_id: patient_id.to_string(),
-            started: now,
+            started: start,
             trigger_at,
             active: true,
             booked: false,
@@ -1044,12 +1081,40 @@ impl Simulation {
         });
         self.ever.insert(key.clone());
         self.active.insert(key, i);
-        if !patient_id.is_empty() {
-            self.patient(patient_id).enrollments.push(i);
-        }
         self.report.cases_enrolled += 1;
+        if !patient_id.is_empty() {
+            let p = self.patient(patient_id);
+            p.enrollments.push(i);
+            // "Booked anyway" by a booking already applied that happened after the start.
+            if let Some(booked) = p.bookings.iter().filter(|b| **b >= start).min().copied() {
+                self.enrollments[i].booked = true;
+                self.report.booked += 1;
+                self.report.time_to_book.push(booked - start);
+            }
+        }
+        if late.is_some() {
+            self.end(i);
+            return;
+        }
         for p in planned {
             self.steps.insert((p.due, i, p.step_index));
+        }
+    }
+
+    /// The stop a closed presentation status (or a closed care case) stands for, for this rule.
+    fn status_stop(&self, kind: CaseKind, status: CaseStatus) -> Option<StopReason> {
+        if kind == CaseKind::CareCase {
+            return Some(StopReason::CaseClosed);
+        }
+        match status {
+            CaseStatus::PatientBooked => Some(StopReason::Booked),
+            CaseStatus::PatientRejected if self.rule.stops_on(StopReason::Rejected) => {
+                Some(StopReason::Rejected)
+            }
+            CaseStatus::PatientRejected => Some(StopReason::PlanCancelled),
+            CaseStatus::TreatmentCompleted => Some(StopReason::PlanCompleted),
+            CaseStatus::Superseded => Some(StopReason::CaseClosed),
+            _ => None,
         }
     }
 
@@ -1306,5 +1371,118 @@ mod tests {
             report.sample[1].send,
             Some(utc("2026-05-07T23:00:00Z") + Duration::hours(9))
         );
+    }
+
+    /// What a run ended with, for comparing runs: every enrollment (subject, still active, booked
+    /// anyway) and the report's counts.
+    fn outcome(mut sim: Simulation, until: DateTime<Utc>) -> (Vec<(String, bool, bool)>, Report) {
+        sim.advance(until);
+        let mut enrollments: Vec<(String, bool, bool)> = sim
+            .enrollments
+            .iter()
+            .map(|e| (e.subject.key(), e.active, e.booked))
+            .collect();
+        enrollments.sort();
+        let mut report = sim.finish(until);
+        // How soon a patient booked after enrolling is attributed per patient booking and can differ
+        // when one patient's bookings and plans interleave: compared by the unit test of the issue's
+        // scenario, not here.
+        report.time_to_book.clear();
+        report.sample.clear();
+        report.first_event = None;
+        report.last_event = None;
+        (enrollments, report)
+    }
+
+    fn replay(
+        events: &[(DateTime<Utc>, SimEvent)],
+        until: DateTime<Utc>,
+    ) -> (Vec<(String, bool, bool)>, Report) {
+        let mut sim = Simulation::new(
+            plan_follow_up(),
+            chrono_tz::UTC,
+            ClinicCalendar::default(),
+            Pacing::default(),
+            0,
+        );
+        for (at, event) in events {
+            sim.apply(*at, event);
+        }
+        outcome(sim, until)
+    }
+
+    #[test]
+    fn a_booking_delivered_before_its_plan_sent_gives_the_same_enrollment() {
+        // The plans outbox lagged: the booking (3 s after the send in event time) came first.
+        let t = utc("2026-05-01T09:00:00Z");
+        let in_order = vec![
+            (t, sent("p1", "a", t)),
+            (t + Duration::seconds(3), booked("p1", "a")),
+        ];
+        let reversed: Vec<_> = in_order.iter().rev().cloned().collect();
+        let until = t + Duration::days(60);
+        let (enrollments, report) = replay(&reversed, until);
+        assert_eq!(enrollments, vec![("plan:p1".to_string(), false, true)]);
+        assert_eq!(
+            (report.cases_enrolled, report.booked, report.messages),
+            (1, 1, 0)
+        );
+        assert_eq!(replay(&in_order, until), (enrollments, report));
+        let mut sim = Simulation::new(
+            plan_follow_up(),
+            chrono_tz::UTC,
+            ClinicCalendar::default(),
+            Pacing::default(),
+            0,
+        );
+        for (at, event) in &reversed {
+            sim.apply(*at, event);
+        }
+        assert_eq!(sim.finish(until).time_to_book, vec![Duration::seconds(3)]);
+    }
+
+    proptest::proptest! {
+        /// Plans sent over a minute, each to its own patient, some booked or replied to a few seconds later;
+        /// delivered in any order within a window (each event late by up to 20 s): the enrollments,
+        /// how they ended, the messages and the "booked anyway" count are those of the in-order run.
+        #[test]
+        fn delivery_order_within_a_window_does_not_change_enrollments(
+            plans in proptest::collection::vec(
+                (0i64..60, proptest::option::of(1i64..10), proptest::option::of(1i64..10)),
+                1..12,
+            ),
+            jitter in proptest::collection::vec(0i64..20_000, 36),
+        ) {
+            let t0 = utc("2026-05-01T09:00:00Z");
+            let mut events: Vec<(DateTime<Utc>, SimEvent)> = Vec::new();
+            for (i, (offset, booking, reply)) in plans.iter().enumerate() {
+                let plan = format!("p{i}");
+                // One patient per plan: a patient's bookings and replies across several of their plans
+                // interleaved out of order are not covered yet (see the README's known gaps).
+                let patient = format!("patient-{i}");
+                let at = t0 + Duration::seconds(*offset);
+                events.push((at, sent(&plan, &patient, at)));
+                if let Some(d) = booking {
+                    events.push((at + Duration::seconds(*d), booked(&plan, &patient)));
+                }
+                if let Some(d) = reply {
+                    events.push((
+                        at + Duration::seconds(*d) + Duration::milliseconds(500),
+                        SimEvent::Replied { patient_id: patient.clone() },
+                    ));
+                }
+            }
+            events.sort_by_key(|(at, _)| *at);
+            let until = t0 + Duration::days(60);
+            let expected = replay(&events, until);
+            let mut delivered: Vec<(i64, usize)> = events
+                .iter()
+                .enumerate()
+                .map(|(n, (at, _))| (at.timestamp_millis() + jitter[n % jitter.len()], n))
+                .collect();
+            delivered.sort();
+            let shuffled: Vec<_> = delivered.iter().map(|(_, n)| events[*n].clone()).collect();
+            proptest::prop_assert_eq!(replay(&shuffled, until), expected);
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
-use followup_proto::followup::common::v1::{CaseKind, Channel};
+use followup_proto::followup::common::v1::{CaseKind, Channel, StopReason};
 
 use super::rule::RuleDef;
 use super::schedule::{self, ClinicCalendar};
@@ -99,6 +99,39 @@ pub fn plan(
 /// was sent" is 7 days after the sending, not after a consumer caught up.
 pub fn start_time(trigger_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
     trigger_at.min(now)
+}
+
+/// A stop that had already happened, after the trigger, when the trigger is processed: an event that
+/// came first on the wire but later in event time (a booking delivered before its plan's `plan_sent`,
+/// when the plans outbox lags). The sequence is taken to have started at the trigger and stopped at
+/// that moment, so the case is enrolled and ended at once: the same enrollment, with the same end,
+/// whatever order the events arrived in. Steps that would have fallen due in between are not sent late
+/// (the patient has moved on); they are cancelled with the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LateStop {
+    pub reason: StopReason,
+    pub at: DateTime<Utc>,
+    pub detail: &'static str,
+}
+
+/// The earliest of `candidates` (a stop reason, when it happened, in words) that the rule stops on and
+/// that happened after the trigger; None when none did.
+pub fn late_stop(
+    def: &RuleDef,
+    trigger_at: DateTime<Utc>,
+    candidates: &[(StopReason, Option<DateTime<Utc>>, &'static str)],
+) -> Option<LateStop> {
+    candidates
+        .iter()
+        .filter_map(|(reason, at, detail)| match at {
+            Some(at) if *at > trigger_at && def.stops_on(*reason) => Some(LateStop {
+                reason: *reason,
+                at: *at,
+                detail,
+            }),
+            _ => None,
+        })
+        .min_by_key(|s| s.at)
 }
 
 /// What happens to a step held while its rule was paused, when the rule is played again.

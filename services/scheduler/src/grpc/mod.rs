@@ -99,6 +99,56 @@ fn bad_token() -> Status {
 }
 
 impl SchedulerServiceApi {
+    /// A rule about to play sends only templates that exist in notifications (else every message of
+    /// it would be suppressed as TEMPLATE_UNAVAILABLE): FAILED_PRECONDITION naming the first missing
+    /// one and its step. Asked with the caller's token; without a notifications address (a scheduler
+    /// run on its own) there is nothing to ask, and the rule plays.
+    async fn check_templates(
+        &self,
+        tenant: &str,
+        bearer: &str,
+        def: &crate::domain::rule::RuleDef,
+    ) -> Result<(), Status> {
+        if !self.notifications.configured() {
+            tracing::warn!(
+                tenant,
+                "no notifications address: templates of the rule not checked"
+            );
+            return Ok(());
+        }
+        for (index, step) in def.steps.iter().enumerate() {
+            let crate::domain::rule::Action::Send {
+                channel,
+                template_key,
+            } = &step.action
+            else {
+                continue;
+            };
+            let exists = self
+                .notifications
+                .template_exists(bearer, template_key, *channel)
+                .await
+                .map_err(|status| {
+                    Status::unavailable(format!(
+                        "cannot check the rule's templates in notifications ({}): retry",
+                        status.message()
+                    ))
+                })?;
+            if !exists {
+                let channel = channel.as_str_name().trim_start_matches("CHANNEL_");
+                return Err(Error::precondition(
+                    "TEMPLATE_MISSING",
+                    format!("steps[{index}].send.template_key"),
+                    format!(
+                        "steps[{index}].send.template_key: template `{template_key}` for {channel} does not exist in notifications: create it (CreateTemplate) or change the step, then play the rule"
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Status> {
         self.pool.acquire().await.map_err(|e| Error::Db(e).into())
     }
@@ -334,6 +384,20 @@ impl SchedulerService for SchedulerServiceApi {
         let caller = caller(&request)?;
         caller.require(EDITORS)?;
         let rule_id = uuid("rule_id", &request.get_ref().rule_id, "rule")?;
+        let bearer = dryrun::bearer(&request);
+        {
+            let mut conn = self.conn().await?;
+            let row = rules::row(&mut conn, &caller.tenant, rule_id, false).await?;
+            if row.state != "playing" {
+                let def = self
+                    .store
+                    .rules
+                    .get(&mut conn, &caller.tenant, rule_id, row.latest_version)
+                    .await?;
+                drop(conn);
+                self.check_templates(&caller.tenant, &bearer, &def).await?;
+            }
+        }
         let mut tx = self.begin().await?;
         let played =
             rules::play(&self.store, &mut tx, &caller.tenant, who(&caller), rule_id).await?;
@@ -387,6 +451,7 @@ impl SchedulerService for SchedulerServiceApi {
     ) -> Reply<pb::EnableRuleTemplateResponse> {
         let caller = caller(&request)?;
         caller.require(EDITORS)?;
+        let bearer = dryrun::bearer(&request);
         let request = request.into_inner();
         let template = templates::find(&request.template_id).ok_or_else(|| {
             Status::from(Error::not_found(
@@ -399,6 +464,9 @@ impl SchedulerService for SchedulerServiceApi {
             rule.owner_staff_id = request.owner_staff_id.clone();
         }
         let def = valid(&rule)?;
+        if request.play {
+            self.check_templates(&caller.tenant, &bearer, &def).await?;
+        }
         let mut tx = self.begin().await?;
         let enabled = rules::enabled_templates(&mut tx, &caller.tenant).await?;
         if let Some((_, rule_id)) = enabled.iter().find(|(id, _)| *id == template.template_id) {

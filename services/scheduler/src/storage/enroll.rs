@@ -165,6 +165,7 @@ pub async fn enroll(
             return Ok(Enrolled::Skipped("once per case: enrolled before"));
         }
     }
+    let mut stops = Vec::new();
     if !t.patient_id.is_empty() {
         let patient = facts::patient(conn, tenant, &t.patient_id).await?;
         if patient.archived {
@@ -173,22 +174,33 @@ pub async fn enroll(
         if facts::opted_out_of(conn, tenant, &t.patient_id, &def.category).await? {
             return Ok(Enrolled::Skipped("patient opted out of the category"));
         }
-        // A stop that happened after the trigger (an event processed out of order) means the sequence
-        // would stop at once: do not start it.
-        let after = |at: Option<DateTime<Utc>>| at.is_some_and(|at| at > t.trigger_at);
-        if def.stops_on(StopReason::Booked) && after(patient.last_booked_at) {
-            return Ok(Enrolled::Skipped("booked since the trigger"));
-        }
-        if def.stops_on(StopReason::PatientReplied) && after(patient.last_replied_at) {
-            return Ok(Enrolled::Skipped("replied since the trigger"));
-        }
+        // A booking or reply after the trigger (processed first, out of order) ends the sequence as
+        // soon as it starts (`enrollment::LateStop`).
+        stops.push((
+            StopReason::Booked,
+            patient.last_booked_at,
+            "booked since the trigger",
+        ));
+        stops.push((
+            StopReason::PatientReplied,
+            patient.last_replied_at,
+            "replied since the trigger",
+        ));
     }
     if let Some((kind, id)) = t.subject.case()
         && let Some(case) = facts::contact(conn, tenant, kind, id).await?
-        && let Some(reason) = closed_reason(kind, &case, def)
+        && let Some((reason, why)) = closed_reason(kind, &case, def)
     {
-        return Ok(Enrolled::Skipped(reason));
+        // Closed after the trigger: enrolled and stopped at once, as if the events came in order.
+        // Closed before it (or approved, which keeps no time): nothing to start.
+        match case.status_at {
+            Some(at) if at > t.trigger_at && reason != StopReason::Approved => {
+                stops.push((reason, Some(at), why));
+            }
+            _ => return Ok(Enrolled::Skipped(why)),
+        }
     }
+    let late = enrollment::late_stop(def, t.trigger_at, &stops);
     let clinic = settings::load(conn, tenant).await?;
     if let Some(condition) = &def.condition {
         let facts =
@@ -296,6 +308,23 @@ pub async fn enroll(
     };
     followup_platform::outbox::enqueue_event(conn, crate::INFO.name, &started).await?;
     tracing::debug!(tenant, enrollment_id = %enrollment_id, rule_id = %rule.rule_id, trigger = %t.trigger, "enrolled");
+    if let Some(late) = late {
+        super::stop::end(
+            conn,
+            tenant,
+            &[enrollment_id],
+            super::stop::End {
+                state: "stopped",
+                reason: late.reason,
+                detail: late.detail,
+                cause_event_id: "",
+                by_staff: "",
+                now,
+            },
+        )
+        .await?;
+        return Ok(Enrolled::Started(enrollment_id));
+    }
     if planned.first().is_some_and(|p| p.due <= now) {
         fire::fire_enrollment(store, conn, tenant, enrollment_id).await?;
     }
@@ -305,8 +334,12 @@ pub async fn enroll(
     Ok(Enrolled::Started(enrollment_id))
 }
 
-/// Why a case that already ended would only be stopped at once.
-fn closed_reason(kind: CaseKind, case: &facts::CaseContact, def: &RuleDef) -> Option<&'static str> {
+/// Why a case that already ended would only be stopped at once: the stop reason and in words.
+fn closed_reason(
+    kind: CaseKind,
+    case: &facts::CaseContact,
+    def: &RuleDef,
+) -> Option<(StopReason, &'static str)> {
     use followup_proto::followup::common::v1::CaseStatus;
     let status = case
         .status
@@ -314,22 +347,27 @@ fn closed_reason(kind: CaseKind, case: &facts::CaseContact, def: &RuleDef) -> Op
     let stops = |reason| def.stops_on(reason);
     match kind {
         CaseKind::CareCase if !case.open && stops(StopReason::CaseClosed) => {
-            Some("care case closed")
+            Some((StopReason::CaseClosed, "care case closed"))
         }
         CaseKind::CasePresentation => match status {
-            Some(CaseStatus::PatientBooked) if stops(StopReason::Booked) => Some("case booked"),
-            Some(CaseStatus::PatientRejected)
-                if stops(StopReason::Rejected) || stops(StopReason::PlanCancelled) =>
-            {
-                Some("case rejected")
+            Some(CaseStatus::PatientBooked) if stops(StopReason::Booked) => {
+                Some((StopReason::Booked, "case booked"))
+            }
+            Some(CaseStatus::PatientRejected) if stops(StopReason::Rejected) => {
+                Some((StopReason::Rejected, "case rejected"))
+            }
+            Some(CaseStatus::PatientRejected) if stops(StopReason::PlanCancelled) => {
+                Some((StopReason::PlanCancelled, "case rejected"))
             }
             Some(CaseStatus::TreatmentCompleted) if stops(StopReason::PlanCompleted) => {
-                Some("plan completed")
+                Some((StopReason::PlanCompleted, "plan completed"))
             }
             Some(CaseStatus::Superseded) if stops(StopReason::CaseClosed) => {
-                Some("case superseded")
+                Some((StopReason::CaseClosed, "case superseded"))
             }
-            _ if case.approved && stops(StopReason::Approved) => Some("plan approved"),
+            _ if case.approved && stops(StopReason::Approved) => {
+                Some((StopReason::Approved, "plan approved"))
+            }
             _ => None,
         },
         _ => None,

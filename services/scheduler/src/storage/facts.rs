@@ -819,6 +819,8 @@ pub struct CaseContact {
     pub first_viewed_at: Option<DateTime<Utc>>,
     pub sent_at: Option<DateTime<Utc>>,
     pub expiry_date: Option<NaiveDate>,
+    /// When the presentation status was last set (the event's time).
+    pub status_at: Option<DateTime<Utc>>,
 }
 
 pub async fn contact(
@@ -829,7 +831,7 @@ pub async fn contact(
 ) -> Result<Option<CaseContact>> {
     Ok(sqlx::query_as::<sqlx::Postgres, CaseContact>(
         "SELECT patient_id, owner_staff_id, portal_url, open, status, approved, viewed, first_viewed_at,
-                sent_at, expiry_date
+                sent_at, expiry_date, status_at
          FROM cases WHERE tenant_id = $1 AND case_kind = $2 AND case_id = $3",
     )
     .bind(tenant)

@@ -1022,6 +1022,9 @@ pub async fn claim(
         now,
         method == ev::ClaimMethod::Staff,
     ) {
+        // Someone else claimed first: this patient tried now. The offer records when, and a patient
+        // who replied YES by SMS hears "already taken" in answer (the link's page and staff on the
+        // phone answer for themselves). Patients who never try hear nothing.
         if refused == ClaimRefused::AlreadyTaken && offer.state == "sent" {
             sqlx::query(
                 "UPDATE slot_offers SET state = 'taken', responded_at = $3 WHERE tenant_id = $1 AND offer_id = $2",
@@ -1031,7 +1034,9 @@ pub async fn claim(
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            send_taken(conn, tenant, &slot, &offer, now).await?;
+            if method == ev::ClaimMethod::SmsReply {
+                send_taken(conn, tenant, &slot, &offer, now).await?;
+            }
         }
         tracing::info!(tenant, slot_id = %slot.slot_id, offer_id = %offer_id, why = refused.message(), "claim refused");
         return Ok(Claimed::Refused(refused));
@@ -1044,21 +1049,18 @@ pub async fn claim(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    // The others who were sent the offer learn it is taken; those still queued never hear of it.
-    let sql = format!(
-        "UPDATE slot_offers SET state = CASE WHEN state = 'sent' THEN 'taken' ELSE 'withdrawn' END
-         WHERE tenant_id = $1 AND slot_id = $2 AND offer_id <> $3 AND state IN ('queued', 'sent')
-         RETURNING {OFFER}"
-    );
-    let others = sqlx::query_as::<sqlx::Postgres, OfferRow>(sqlx::AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(slot.slot_id)
-        .bind(offer_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    for other in others.iter().filter(|o| o.state == "taken") {
-        send_taken(conn, tenant, &slot, other, now).await?;
-    }
+    // Offers still queued are withdrawn (never sent, never heard of). Those sent stay SENT: the
+    // patients are told it is taken only if and when they reply YES (see the refusal above), not
+    // with a message nobody asked for.
+    sqlx::query(
+        "UPDATE slot_offers SET state = 'withdrawn'
+         WHERE tenant_id = $1 AND slot_id = $2 AND offer_id <> $3 AND state = 'queued'",
+    )
+    .bind(tenant)
+    .bind(slot.slot_id)
+    .bind(offer_id)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query(
         "UPDATE open_slots SET state = 'claimed', claimed_offer_id = $3, claimed_patient_id = $4,
              closed_at = $5, next_batch_at = NULL

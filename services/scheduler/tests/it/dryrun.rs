@@ -692,3 +692,86 @@ async fn durable_consumers(s: &Scheduler) -> Vec<String> {
     names.sort();
     names
 }
+
+/// PlayRule checks every template a rule sends against notifications: a missing one is
+/// FAILED_PRECONDITION naming the template and its step, and the rule stays a draft.
+#[tokio::test]
+async fn play_refuses_a_rule_whose_template_does_not_exist() {
+    use tonic_types::StatusExt;
+    let h = with_notifications().await;
+    let mut rule = quick_rule();
+    rule.name = "Missing template".into();
+    if let Some(pb::step::Action::Send(send)) = &mut rule.steps[3].action {
+        send.template_key = "no_such_template".into();
+    }
+    let mut client = h.s.client.clone();
+    let created = client
+        .create_rule(h.s.owner(pb::CreateRuleRequest {
+            rule: Some(rule),
+            validate_only: false,
+        }))
+        .await
+        .expect("a draft may name any template")
+        .into_inner()
+        .rule
+        .expect("a rule");
+    let refused = client
+        .play_rule(h.s.owner(pb::PlayRuleRequest {
+            rule_id: created.rule_id.clone(),
+        }))
+        .await
+        .expect_err("a missing template is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("no_such_template")
+            && refused.message().contains("steps[3].send.template_key"),
+        "{}",
+        refused.message()
+    );
+    let violation = refused
+        .get_error_details()
+        .precondition_failure()
+        .and_then(|p| p.violations.first().cloned())
+        .expect("a PreconditionFailure");
+    assert_eq!(violation.r#type, "TEMPLATE_MISSING");
+    let shown = client
+        .get_rule(h.s.owner(pb::GetRuleRequest {
+            rule_id: created.rule_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the rule")
+        .into_inner()
+        .rule
+        .expect("a rule");
+    assert_eq!(shown.state, pb::RuleState::Draft as i32);
+
+    // With the template created, it plays.
+    h.notifications
+        .clone()
+        .create_template(authed(
+            napi::CreateTemplateRequest {
+                template: Some(napi::Template {
+                    key: "no_such_template".into(),
+                    channel: common::Channel::Chat as i32,
+                    name: "Now it exists".into(),
+                    body: "A reminder from the clinic.".into(),
+                    enabled: true,
+                    ..Default::default()
+                }),
+            },
+            &h.s.token(Role::Owner),
+        ))
+        .await
+        .expect("template created");
+    client
+        .play_rule(h.s.owner(pb::PlayRuleRequest {
+            rule_id: created.rule_id,
+        }))
+        .await
+        .expect("plays once its templates exist");
+}

@@ -273,3 +273,67 @@ async fn every_stop_condition_stops_its_enrollments_atomically() {
         );
     }
 }
+
+/// The plans outbox lagged: a booking 3 s after the send (in event time) reached the scheduler before the
+/// plan's `plan_sent`. The case is enrolled and stopped as booked, as when the events come in order, so
+/// the enrollment outcome does not depend on delivery order.
+#[tokio::test]
+async fn a_booking_delivered_before_its_plan_sent_enrolls_and_stops_as_booked() {
+    let s = Scheduler::start().await;
+    let rule = s.enable("treatment_plan_follow_up").await;
+    for (plan, patient, booking_first) in [
+        (
+            "0193a0c0-0000-7000-8000-0000000000a1",
+            "patient-early",
+            true,
+        ),
+        (
+            "0193a0c0-0000-7000-8000-0000000000a2",
+            "patient-in-order",
+            false,
+        ),
+    ] {
+        let sent = s.plan_sent(plan, patient);
+        let mut booked = s.booked(s.appointment(&format!("appt-{patient}"), patient, plan));
+        booked.occurred_at = ts(s.now() + chrono::Duration::seconds(3));
+        if booking_first {
+            s.publish(&booked).await;
+            eventually("the early booking is a fact", || async {
+                s.count(&format!(
+                    "SELECT count(*) FROM appointments WHERE patient_id = '{patient}'"
+                ))
+                .await
+                    == 1
+            })
+            .await;
+            s.publish(&sent).await;
+        } else {
+            s.publish(&sent).await;
+            eventually("the plan is enrolled", || async {
+                s.count(&format!(
+                    "SELECT count(*) FROM enrollments WHERE case_id = '{plan}'"
+                ))
+                .await
+                    == 1
+            })
+            .await;
+            s.publish(&booked).await;
+        }
+    }
+    eventually("both enrollments stopped as booked", || async {
+        let enrollments = s.enrollments_of_rule(&rule.rule_id).await;
+        enrollments.len() == 2
+            && enrollments.iter().all(|e| {
+                e.state == pb::EnrollmentState::Stopped as i32
+                    && e.stop_reason == common::StopReason::Booked as i32
+            })
+    })
+    .await;
+    // Nothing was requested for either, and no step is left waiting.
+    assert!(s.requested().await.is_empty());
+    assert_eq!(
+        s.count("SELECT count(*) FROM step_runs WHERE state IN ('pending', 'held')")
+            .await,
+        0
+    );
+}

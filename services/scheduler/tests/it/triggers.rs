@@ -622,7 +622,8 @@ async fn facts_are_idempotent_and_events_out_of_order_change_nothing_backwards()
         })
         .await;
     }
-    // A booking made after a no-show reaches us before the no-show: the no-show starts nothing.
+    // A booking made after a no-show reaches us before the no-show: the no-show is enrolled and
+    // stopped as booked at once, as when they come in order; nothing is sent.
     let mut booked = s.booked(s.appointment("appt-new", "patient-8", ""));
     booked.occurred_at = ts(t0 + Duration::minutes(5));
     s.publish(&booked).await;
@@ -668,7 +669,16 @@ async fn facts_are_idempotent_and_events_out_of_order_change_nothing_backwards()
         ("Course of 8", 8)
     );
     assert_eq!(facts.total_invoiced.map(|m| m.amount_minor), Some(10_000));
+    // The no-show happened before the booking that arrived first: enrolled and stopped as booked at
+    // once (as in order), never messaged, and once for the duplicate.
+    eventually("the late no-show is enrolled and stopped", || async {
+        let enrollments = s.enrollments_of_rule(&no_show.rule_id).await;
+        enrollments.len() == 1
+            && enrollments[0].state == pb::EnrollmentState::Stopped as i32
+            && enrollments[0].stop_reason == common::StopReason::Booked as i32
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(s.enrollments_of_rule(&no_show.rule_id).await.is_empty());
+    assert_eq!(s.enrollments_of_rule(&no_show.rule_id).await.len(), 1);
     assert!(s.requested().await.is_empty());
 }

@@ -205,21 +205,71 @@ async fn offers_go_out_in_paced_batches_and_replying_yes_claims_the_slot() {
     assert_eq!(claimed.method, ev::ClaimMethod::SmsReply as i32);
     assert!(!claimed.waitlist_entry_id.is_empty());
     assert_eq!(claimed.cancelled_appointment_id, "appt-1");
-    // The two others were told it is taken; the slot closed as claimed.
-    let taken: Vec<String> = offer_requests(&s, "taken:")
-        .await
-        .into_iter()
-        .map(|r| r.template_key)
-        .collect();
-    assert_eq!(taken, vec!["slot_taken", "slot_taken"]);
+    // The two others hear nothing yet (nobody asked); the slot closed as claimed.
+    assert!(offer_requests(&s, "taken:").await.is_empty());
     let closed = s.outbox::<ev::SlotClosed>().await;
     assert_eq!(closed[0].reason, ev::SlotCloseReason::Claimed as i32);
-    // A later YES from w1 gets no second "taken" message (one per offer) and changes nothing.
-    let slot_now = get_slot(&s, &opened.slot.as_ref().expect("slot").slot_id).await;
+    let slot_id = opened.slot.as_ref().expect("slot").slot_id.clone();
+    let slot_now = get_slot(&s, &slot_id).await;
     assert_eq!(
         slot_now.slot.as_ref().map(|x| x.state),
         Some(pb::OpenSlotState::Claimed as i32)
     );
+    let w1 = slot_now
+        .offers
+        .iter()
+        .find(|o| o.patient_id == "w1")
+        .expect("w1's offer")
+        .clone();
+    assert_eq!(state(&w1), S::Sent);
+    assert!(w1.respond_time.is_none());
+
+    // w1 replies YES later: told it is taken, in answer; the offer records when.
+    s.advance(Duration::minutes(3));
+    let yes = |offer: &str| ev::PatientReplied {
+        event_id: id(),
+        tenant_id: TENANT.into(),
+        occurred_at: ts(s.now()),
+        patient_id: "w1".into(),
+        channel: common::Channel::Sms as i32,
+        text: "YES".into(),
+        kind: ev::ReplyKind::Affirmative as i32,
+        in_reply_to: Some(ev::MessageRef {
+            idempotency_key: format!("offer:{offer}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    s.publish(&yes(&w1.slot_offer_id)).await;
+    eventually("w1 is told it is taken", || async {
+        offer_requests(&s, "taken:").await.len() == 1
+    })
+    .await;
+    let taken = offer_requests(&s, "taken:").await;
+    assert_eq!(taken[0].template_key, "slot_taken");
+    assert_eq!(
+        taken[0].idempotency_key,
+        format!("taken:{}", w1.slot_offer_id)
+    );
+    let w1_now = get_slot(&s, &slot_id)
+        .await
+        .offers
+        .into_iter()
+        .find(|o| o.patient_id == "w1")
+        .expect("w1's offer");
+    assert_eq!(state(&w1_now), S::Taken);
+    assert_eq!(w1_now.respond_time, ts(s.now()));
+    // A second YES gets no second "taken" message (one per offer); w2, who never replied, none.
+    s.publish(&yes(&w1.slot_offer_id)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(offer_requests(&s, "taken:").await.len(), 1);
+    let w2 = get_slot(&s, &slot_id)
+        .await
+        .offers
+        .into_iter()
+        .find(|o| o.patient_id == "w2")
+        .expect("w2's offer");
+    assert_eq!(state(&w2), S::Sent);
 }
 
 #[tokio::test]
@@ -270,8 +320,17 @@ async fn two_claims_at_the_same_instant_exactly_one_wins() {
         .iter()
         .filter(|o| state(o) == pb::SlotOfferState::Taken)
         .count();
+    // The two who lost tried (through staff): their offers are taken, with the time they tried; staff
+    // on the phone tell them, so no "taken" message goes out.
     assert_eq!((claimed, taken), (1, 2));
-    assert_eq!(offer_requests(&s, "taken:").await.len(), 2);
+    assert!(
+        after
+            .offers
+            .iter()
+            .filter(|o| state(o) == pb::SlotOfferState::Taken)
+            .all(|o| o.respond_time.is_some())
+    );
+    assert!(offer_requests(&s, "taken:").await.is_empty());
 }
 
 #[tokio::test]

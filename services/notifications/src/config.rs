@@ -50,6 +50,10 @@ pub struct SmsSettings {
     pub from: String,
     /// Generic adapter: the "whsec_…" secret its inbound and status callbacks are signed with.
     pub callback_secret: Secret,
+    /// Whether the provider returns the first result for a repeated `Idempotency-Key` (Twilio and most
+    /// JSON APIs do). When true an attempt whose outcome is unknown is retried with the same key; when
+    /// false the clinic's `sms_unknown_outcome` policy decides (default: not sent again, "possibly sent").
+    pub honours_idempotency_key: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +107,7 @@ impl Default for Settings {
                 auth_token: Secret::default(),
                 from: String::new(),
                 callback_secret: Secret::default(),
+                honours_idempotency_key: true,
             },
             smtp: SmtpSettings {
                 url: Secret::default(),

@@ -4,4 +4,5 @@
 mod api;
 mod crash;
 mod delivery;
+mod once;
 mod support;

@@ -380,7 +380,9 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
                         .map(|r| enum_name(r.as_str_name(), "SUPPRESSION_REASON_"))
                         .unwrap_or_default()
                     ),
-                    Ok(pb::MessageStatus::Failed) => format!(" ({})", m.failure_reason),
+                    Ok(pb::MessageStatus::Failed | pb::MessageStatus::PossiblySent) => {
+                        format!(" ({})", m.failure_reason)
+                    }
                     Ok(pb::MessageStatus::Retrying) => {
                         format!(" next {}", time(&m.next_attempt_time))
                     }

@@ -59,6 +59,10 @@ pub struct SmsSettings {
     /// Generic adapter: a "whsec_…" secret per clinic (tenant id → secret). A listed clinic's callbacks
     /// verify with its own secret only.
     pub callback_secrets: BTreeMap<String, Secret>,
+    /// Whether the provider returns the first result for a repeated `Idempotency-Key` (Twilio and most
+    /// JSON APIs do). When true an attempt whose outcome is unknown is retried with the same key; when
+    /// false the clinic's `sms_unknown_outcome` policy decides (default: not sent again, "possibly sent").
+    pub honours_idempotency_key: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -114,6 +118,7 @@ impl Default for Settings {
                 from: String::new(),
                 callback_secret: Secret::default(),
                 callback_secrets: BTreeMap::new(),
+                honours_idempotency_key: true,
             },
             smtp: SmtpSettings {
                 url: Secret::default(),

@@ -48,6 +48,7 @@ impl Service {
         let platform = Platform::start(INFO, config.common, &MIGRATOR).await?;
         let app =
             state::App::new(platform.pool.clone(), settings.clone()).map_err(StartError::Other)?;
+        app.metrics.register(&platform.metrics);
 
         platform
             .consume(

@@ -27,6 +27,8 @@ pub struct App {
     pub smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     /// Wakes the delivery workers in this process (a message became due).
     pub wake: Arc<Notify>,
+    /// The delivery workers' figures (registered with the platform's registry at start).
+    pub metrics: crate::delivery::DeliveryMetrics,
 }
 
 /// Settings that parse but cannot work, refused at start with the key's name.
@@ -131,6 +133,7 @@ impl App {
             http,
             smtp,
             wake: Arc::new(Notify::new()),
+            metrics: crate::delivery::DeliveryMetrics::default(),
         })
     }
 }

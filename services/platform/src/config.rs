@@ -148,6 +148,11 @@ pub struct ConsumerConfig {
     pub concurrency: usize,
     /// How long processed event ids are remembered for dedupe; longer than any redelivery can take.
     pub inbox_retention_hours: u64,
+    /// Deliveries of one event whose handler keeps failing transiently before it goes to the dead-letter
+    /// subject with the last reason (redeliveries back off 1 s, 2 s, 4 s … 60 s; 30 is about 24 minutes).
+    /// Deliveries that failed because the database could not be reached at all do not end in the
+    /// dead-letter subject: the event is not at fault, and it applies once the database is back.
+    pub max_deliveries: i64,
 }
 
 impl CommonConfig {
@@ -190,6 +195,7 @@ impl CommonConfig {
                 batch_size: 256,
                 concurrency: 2,
                 inbox_retention_hours: 24 * 7,
+                max_deliveries: 30,
             },
             shutdown_grace_secs: 20,
         }
@@ -276,6 +282,9 @@ impl CommonConfig {
                 "consumer",
                 "batch_size and concurrency must be at least 1".into(),
             );
+        }
+        if self.consumer.max_deliveries < 1 {
+            return bad("consumer.max_deliveries", "must be at least 1".into());
         }
         Ok(())
     }

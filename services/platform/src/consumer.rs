@@ -5,7 +5,13 @@
 //! records the id in the `inbox` table in the same transaction as the handler's effect, commits, then
 //! acks. A redelivered event finds its id in the inbox and changes nothing. A message that cannot be
 //! used goes to `deadletter.<stream>` with the reason in a header and is acked, so it never blocks the
-//! stream. A transient failure (database down, deadlock) is nak'ed with a growing delay.
+//! stream: that includes an event whose subject's tenant breaks the tenant rules of
+//! [`followup_proto::subjects::validate_tenant`] (no API could ever reach what it would create). A
+//! transient failure (deadlock, a handler's `Transient`) is nak'ed with a growing delay, up to
+//! `consumer.max_deliveries` deliveries; then it too is dead-lettered, with the last reason, so no error
+//! is retried without bound. A database that cannot be reached at all (the transaction does not even
+//! begin or commit) is not the event's fault: such deliveries are retried with the same backoff for as
+//! long as the outage lasts and never dead-letter the event.
 //!
 //! Batches make one transaction for many events. When a handler fails inside a batch, the batch is
 //! rolled back and replayed one savepoint per event, so one bad event costs its neighbours nothing.
@@ -122,6 +128,8 @@ enum Outcome {
     Duplicate,
     Invalid(String),
     Transient(String),
+    /// The database could not be reached (no transaction): retried, never counted against the event.
+    Unavailable(String),
 }
 
 impl Outcome {
@@ -130,7 +138,7 @@ impl Outcome {
             Outcome::Applied => "processed",
             Outcome::Duplicate => "duplicate",
             Outcome::Invalid(_) => "dead_lettered",
-            Outcome::Transient(_) => "retried",
+            Outcome::Transient(_) | Outcome::Unavailable(_) => "retried",
         }
     }
 }
@@ -251,8 +259,21 @@ impl<H: Handler> Consumer<H> {
                 delivered,
             ) {
                 Ok(envelope) => {
-                    envelopes.push(Some(envelope));
-                    outcomes.push(None);
+                    match followup_proto::subjects::validate_tenant(&envelope.tenant_id) {
+                        Ok(()) => {
+                            envelopes.push(Some(envelope));
+                            outcomes.push(None);
+                        }
+                        // Whatever it would create would live under a tenant no API can name.
+                        Err(_) => {
+                            outcomes.push(Some(Outcome::Invalid(format!(
+                            "tenant `{}` breaks the tenant rules (1 to {} ASCII letters, digits, `-` or `_`)",
+                            envelope.tenant_id.chars().take(80).collect::<String>(),
+                            followup_proto::subjects::MAX_TENANT_LEN
+                        ))));
+                            envelopes.push(None);
+                        }
+                    }
                 }
                 Err(Malformed(reason)) => {
                     envelopes.push(None);
@@ -278,7 +299,19 @@ impl<H: Handler> Consumer<H> {
         }
 
         for ((message, envelope), outcome) in batch.iter().zip(&envelopes).zip(outcomes) {
-            let outcome = outcome.unwrap_or(Outcome::Transient("not processed".into()));
+            let outcome = match outcome.unwrap_or(Outcome::Transient("not processed".into())) {
+                // The last delivery allowed: what keeps failing goes where a person can see why.
+                Outcome::Transient(reason)
+                    if envelope.as_ref().map_or(1, |e| e.delivered)
+                        >= self.config.max_deliveries =>
+                {
+                    Outcome::Invalid(format!(
+                        "gave up after {} deliveries: {reason}",
+                        self.config.max_deliveries
+                    ))
+                }
+                other => other,
+            };
             self.metrics
                 .consumer_events
                 .get_or_create(&OutcomeLabels {
@@ -305,7 +338,7 @@ impl<H: Handler> Consumer<H> {
                             .await
                     }
                 },
-                Outcome::Transient(reason) => {
+                Outcome::Transient(reason) | Outcome::Unavailable(reason) => {
                     let delivered = envelope.as_ref().map(|e| e.delivered).unwrap_or(1);
                     let delay = retry_delay(delivered);
                     tracing::warn!(
@@ -412,10 +445,11 @@ impl<H: Handler> Consumer<H> {
 
     /// The careful path: a savepoint per event, so each event's outcome is its own.
     async fn apply_one_by_one(&self, envelopes: &[Option<Envelope>]) -> Vec<Option<Outcome>> {
+        // No transaction at all: the database is unreachable, which is no event's fault.
         let transient = |reason: String| {
             envelopes
                 .iter()
-                .map(|_| Some(Outcome::Transient(reason.clone())))
+                .map(|_| Some(Outcome::Unavailable(reason.clone())))
                 .collect()
         };
         let mut tx = match self.pool.begin().await {

@@ -53,10 +53,27 @@ impl Handler for Clinic {
                     },
                 )
                 .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))
+                .map_err(handler_error)
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// What the runner does with an error of the inbound path: retry what may pass later (the database
+/// unreachable, a deadlock), dead-letter what never will (bad input, a constraint or data violation,
+/// an event that cannot be published), instead of retrying everything.
+fn handler_error(err: crate::error::Error) -> HandlerError {
+    use crate::error::Error;
+    match err {
+        Error::Db(db) => db.into(),
+        Error::Outbox(outbox) => outbox.into(),
+        Error::Internal(reason) => HandlerError::Transient(reason),
+        invalid @ (Error::InvalidArgument { .. }
+        | Error::NotFound { .. }
+        | Error::AlreadyExists(_)
+        | Error::FailedPrecondition { .. }
+        | Error::Template(_)) => HandlerError::Invalid(invalid.to_string()),
     }
 }
 

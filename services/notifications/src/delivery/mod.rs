@@ -24,6 +24,10 @@ pub mod worker;
 
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use followup_platform::service::Platform;
 use sqlx::postgres::PgListener;
 
@@ -33,6 +37,47 @@ use crate::storage::DUE_CHANNEL;
 /// The category of HELP replies: carriers require an answer even to a contact who opted out, so it is
 /// exempt from consent (and never capped).
 pub const HELP_CATEGORY: &str = "help_reply";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnknownOutcomeLabels {
+    pub channel: String,
+    /// `possibly_sent` (not sent again, at-most-once) or `retried` (same key, or at-least-once).
+    pub action: String,
+}
+
+/// What the workers count beside the platform's figures. Clones share the counts.
+#[derive(Clone, Default)]
+pub struct DeliveryMetrics {
+    /// Attempts whose outcome is unknown (the worker stopped mid-call, or no answer came), by channel and
+    /// what was done about them.
+    pub unknown_outcomes: Family<UnknownOutcomeLabels, Counter>,
+    /// Writes of provider answers that failed and were retried from memory.
+    pub record_retries: Counter,
+}
+
+impl DeliveryMetrics {
+    pub fn register(&self, metrics: &followup_platform::metrics::Metrics) {
+        metrics.register(
+            "notifications_unknown_outcomes",
+            "Attempts whose outcome is unknown, by channel and action (possibly_sent, retried)",
+            self.unknown_outcomes.clone(),
+        );
+        metrics.register(
+            "notifications_record_retries",
+            "Failed writes of provider answers, retried without calling the provider again",
+            self.record_retries.clone(),
+        );
+    }
+
+    pub fn unknown_outcome(&self, channel: &str, action: &str) {
+        self.unknown_outcomes
+            .get_or_create(&UnknownOutcomeLabels {
+                channel: channel.to_string(),
+                action: action.to_string(),
+            })
+            .inc();
+    }
+}
 
 /// Starts the workers and the listener that wakes them when another transaction made a message due.
 pub fn start(platform: &Platform, app: App) {

@@ -117,7 +117,7 @@ pub async fn send(app: &App, job: &Job) -> Sent {
         Ok(sent) => sent,
         Err(_) => Sent::error(
             provider,
-            AttemptClass::Retryable,
+            AttemptClass::Unknown,
             format!("no answer within {timeout:?}"),
             started,
         ),
@@ -197,7 +197,7 @@ async fn send_sms(app: &App, job: &Job, to: &str, body: &str, started: Instant) 
     };
     let (status, headers, body) = match exchange(app, request).await {
         Ok(answer) => answer,
-        Err(e) => return Sent::error(provider, AttemptClass::Retryable, e, started),
+        Err((class, e)) => return Sent::error(provider, class, e, started),
     };
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let class = classify_http(status);
@@ -250,22 +250,26 @@ fn provider_reason(status: u16, json: &serde_json::Value, body: &[u8]) -> String
     }
 }
 
+/// The answer, or why none came: `Retryable` when the connection never opened (nothing left), `Unknown`
+/// when the request may have reached the provider.
 async fn exchange(
     app: &App,
     request: http::Request<Full<Bytes>>,
-) -> Result<(u16, http::HeaderMap, Bytes), String> {
-    let response = app
-        .http
-        .request(request)
-        .await
-        .map_err(|e| format!("connection failed: {e}"))?;
+) -> Result<(u16, http::HeaderMap, Bytes), (AttemptClass, String)> {
+    let response = app.http.request(request).await.map_err(|e| {
+        if e.is_connect() {
+            (AttemptClass::Retryable, format!("connection failed: {e}"))
+        } else {
+            (AttemptClass::Unknown, format!("connection lost: {e}"))
+        }
+    })?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("reading the answer: {e}"))?
+        .map_err(|e| (AttemptClass::Unknown, format!("reading the answer: {e}")))?
         .to_bytes();
     Ok((status, headers, body))
 }
@@ -326,7 +330,7 @@ async fn send_webhook(
                 latency: started.elapsed(),
             }
         }
-        Err(e) => Sent::error("webhook", AttemptClass::Retryable, e, started),
+        Err((class, e)) => Sent::error("webhook", class, e, started),
     }
 }
 
@@ -448,6 +452,8 @@ async fn send_email(app: &App, job: &Job, started: Instant) -> Sent {
         Err(e) => {
             let class = if e.is_permanent() {
                 AttemptClass::Permanent
+            } else if smtp_outcome_unknown(&e) {
+                AttemptClass::Unknown
             } else {
                 AttemptClass::Retryable
             };
@@ -462,4 +468,29 @@ async fn send_email(app: &App, job: &Job, started: Instant) -> Sent {
             }
         }
     }
+}
+
+/// An SMTP error after which the email may have been accepted: no reply came (a timeout, or the
+/// connection broke mid-dialogue). A 4xx reply, a connection refused, or a TLS or client error means it
+/// was not.
+fn smtp_outcome_unknown(e: &lettre::transport::smtp::Error) -> bool {
+    if e.status().is_some() || e.is_client() || e.is_tls() {
+        return false;
+    }
+    if e.is_timeout() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return !matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::NotFound
+            );
+        }
+        source = err.source();
+    }
+    false
 }

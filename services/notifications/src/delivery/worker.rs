@@ -103,12 +103,19 @@ impl Writes {
         }
     }
 
-    async fn flush(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    async fn write(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         messages::put_attempts(conn, &self.attempts).await?;
         messages::save_many(conn, &self.rows).await?;
         messages::put_conversations(conn, &self.conversations).await?;
         followup_platform::outbox::enqueue_events(conn, &self.events).await?;
         Ok(())
+    }
+
+    /// Writes them in a transaction of their own; on failure they are still here to try again.
+    async fn flush(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        self.write(&mut tx).await?;
+        tx.commit().await
     }
 }
 
@@ -145,18 +152,18 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
     let started = std::time::Instant::now();
     let now = Utc::now();
     let mut ctx = load_context(&mut tx, app, &rows, now).await?;
-    let mut jobs: Vec<(MessageRow, Job, tracing::Span)> = Vec::new();
+    let mut jobs: Vec<(MessageRow, Job, tracing::Span, bool)> = Vec::new();
     let mut writes = Writes::default();
     for row in rows {
         let span = delivery_span(&row);
-        if let Some((row, job)) = prepare(app, &mut tx, &mut ctx, &mut writes, row, now)
+        if let Some((row, job, resend)) = prepare(app, &mut tx, &mut ctx, &mut writes, row, now)
             .instrument(span.clone())
             .await?
         {
-            jobs.push((row, job, span));
+            jobs.push((row, job, span, resend));
         }
     }
-    writes.flush(&mut tx).await?;
+    writes.write(&mut tx).await?;
     tx.commit().await?;
     let decided = started.elapsed();
     if jobs.is_empty() {
@@ -164,31 +171,134 @@ pub async fn round(app: &App) -> Result<usize, sqlx::Error> {
     }
 
     let concurrency = app.settings.delivery.send_concurrency.max(1);
-    let results: Vec<(MessageRow, Job, Sent, tracing::Span)> = futures::stream::iter(jobs)
-        .map(|(row, job, span)| async move {
-            let sent = providers::send(app, &job).instrument(span.clone()).await;
-            (row, job, sent, span)
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let sent = started.elapsed();
-
-    let mut writes = Writes::default();
-    for (row, job, answer, span) in results {
-        span.in_scope(|| record(app, &mut writes, row, &job, answer));
-    }
-    let mut tx = app.pool.begin().await?;
-    writes.flush(&mut tx).await?;
-    tx.commit().await?;
+    // The sends and their recording run side by side: each answer is written as soon as it arrives (with
+    // whatever other answers arrived meanwhile, in one transaction), so a slow answer keeps only its own
+    // message inside the accept-then-crash window, never its neighbours.
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let sending = async move {
+        futures::stream::iter(jobs)
+            .map(|(row, job, span, resend)| async move {
+                let sent = providers::send(app, &job).instrument(span.clone()).await;
+                Answer {
+                    row,
+                    job,
+                    sent,
+                    span,
+                    resend,
+                }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|answer| {
+                // The receiver lives until every answer is in; a send error cannot happen.
+                let _ = answered.send(answer);
+                futures::future::ready(())
+            })
+            .await;
+    };
+    let ((), written) = tokio::join!(sending, record_answers(app, &mut answers));
     tracing::debug!(
         claimed,
+        answers = written,
         decide_ms = decided.as_millis() as u64,
-        send_ms = (sent - decided).as_millis() as u64,
-        record_ms = (started.elapsed() - sent).as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
         "delivery round"
     );
     Ok(claimed)
+}
+
+/// One provider answer, with what recording it needs.
+struct Answer {
+    row: MessageRow,
+    job: Job,
+    sent: Sent,
+    span: tracing::Span,
+    /// Whether an attempt whose outcome is unknown may be made again ([`resend_when_unknown`]).
+    resend: bool,
+}
+
+/// Writes answers as they arrive until the round's last one is written. A write that fails (the
+/// database is down, a statement failed) is kept in memory and retried with backoff, never by calling
+/// the provider again: the answers are what the providers said, and only the database is missing them.
+/// Returns how many answers were written.
+async fn record_answers(
+    app: &App,
+    answers: &mut tokio::sync::mpsc::UnboundedReceiver<Answer>,
+) -> usize {
+    let mut pending = Writes::default();
+    let mut held = 0usize;
+    let mut written = 0usize;
+    let mut failures = 0u32;
+    let mut open = true;
+    loop {
+        if held == 0 {
+            // Nothing to write: wait for the next answer (or the end of the round).
+            match answers.recv().await {
+                Some(a) => {
+                    a.span
+                        .clone()
+                        .in_scope(|| record(app, &mut pending, a.row, &a.job, a.sent, a.resend));
+                    held += 1;
+                }
+                None => return written,
+            }
+        }
+        // Everything else that has arrived goes in the same transaction.
+        while open {
+            match answers.try_recv() {
+                Ok(a) => {
+                    a.span
+                        .clone()
+                        .in_scope(|| record(app, &mut pending, a.row, &a.job, a.sent, a.resend));
+                    held += 1;
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        match pending.flush(&app.pool).await {
+            Ok(()) => {
+                written += held;
+                held = 0;
+                failures = 0;
+                pending = Writes::default();
+                if !open && answers.is_empty() {
+                    return written;
+                }
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                app.metrics.record_retries.inc();
+                let wait = Duration::from_millis(100 * 2u64.saturating_pow(failures.min(5)));
+                tracing::warn!(error = %err, answers = held, failures, retry_in_ms = wait.as_millis() as u64, "recording provider answers failed; keeping them and retrying (the providers are not called again)");
+                // Answers that arrive meanwhile join the next try.
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Whether a second attempt after one whose outcome is unknown is harmless or allowed: the provider
+/// dedupes on the idempotency key (an SMS provider configured so), or the clinic chose at-least-once
+/// for the channel.
+fn resend_when_unknown(app: &App, clinic: &SettingsRow, channel: Channel) -> bool {
+    (channel == Channel::Sms && app.settings.sms.honours_idempotency_key)
+        || clinic.resend_when_unknown(channel)
+}
+
+/// An attempt's outcome is unknown and it must not be made again: staff decide (the message may or may
+/// not have reached the recipient).
+fn possibly_sent(app: &App, row: &mut MessageRow, why: &str) {
+    row.status = status::POSSIBLY_SENT.into();
+    row.due_at = None;
+    row.failure_reason = format!(
+        "{why}; the message may have been delivered, so it is not sent again (at-most-once for this channel)"
+    )
+    .chars()
+    .take(1000)
+    .collect();
+    let channel = Channel::from_i32(row.channel).map_or("unknown", Channel::name);
+    app.metrics.unknown_outcome(channel, "possibly_sent");
+    tracing::warn!(tenant = %row.tenant_id, message_id = %row.id, attempt = row.attempt_count, channel, "attempt outcome unknown; marked possibly sent, not sent again");
 }
 
 async fn load_context(
@@ -325,7 +435,7 @@ async fn prepare(
     writes: &mut Writes,
     mut row: MessageRow,
     now: DateTime<Utc>,
-) -> Result<Option<(MessageRow, Job)>, sqlx::Error> {
+) -> Result<Option<(MessageRow, Job, bool)>, sqlx::Error> {
     let tenant = row.tenant_id.clone();
     let Some(clinic) = ctx.settings.get(&tenant).cloned() else {
         return Ok(None);
@@ -335,8 +445,21 @@ async fn prepare(
         finish_suppressed(conn, &row).await?;
         return Ok(None);
     };
+    let resend = resend_when_unknown(app, &clinic, channel);
     if row.status == status::SENDING {
-        tracing::warn!(tenant = %tenant, message_id = %row.id, attempt = row.attempt_count, "taking over a message whose attempt outcome is unknown (a worker stopped mid-send)");
+        // The lease of an attempt marked in flight ran out: the worker stopped mid-call, so that attempt's
+        // outcome is unknown (a message never attempted is never `sending`).
+        if !resend {
+            let why = format!(
+                "attempt {} was in flight when its worker stopped",
+                row.attempt_count
+            );
+            possibly_sent(app, &mut row, &why);
+            messages::save(conn, &row).await?;
+            return Ok(None);
+        }
+        app.metrics.unknown_outcome(channel.name(), "retried");
+        tracing::warn!(tenant = %tenant, message_id = %row.id, attempt = row.attempt_count, "taking over a message whose attempt outcome is unknown (a worker stopped mid-send); retrying with the same idempotency key");
     }
 
     if channel == Channel::Task {
@@ -597,7 +720,7 @@ async fn prepare(
         idempotency,
         kind,
     };
-    Ok(Some((row, job)))
+    Ok(Some((row, job, resend)))
 }
 
 fn attempt_row(
@@ -1025,13 +1148,21 @@ async fn create_task(
     Ok(())
 }
 
-/// Records one provider answer (the second transaction of a round).
-fn record(app: &App, writes: &mut Writes, mut row: MessageRow, job: &Job, sent: Sent) {
+/// Records one provider answer (written as soon as it arrives, see [`record_answers`]).
+fn record(
+    app: &App,
+    writes: &mut Writes,
+    mut row: MessageRow,
+    job: &Job,
+    sent: Sent,
+    resend: bool,
+) {
     let started = Utc::now() - chrono::Duration::from_std(sent.latency).unwrap_or_default();
     let outcome = match sent.class {
         AttemptClass::Accepted => code::ATTEMPT_ACCEPTED,
         AttemptClass::Retryable => code::ATTEMPT_RETRYABLE,
         AttemptClass::Permanent => code::ATTEMPT_PERMANENT,
+        AttemptClass::Unknown => code::ATTEMPT_UNKNOWN,
     };
     writes.attempts.push(attempt_row(
         &row,
@@ -1043,7 +1174,21 @@ fn record(app: &App, writes: &mut Writes, mut row: MessageRow, job: &Job, sent: 
         sent.latency,
     ));
     let now = Utc::now();
-    match sent.class {
+    let channel = Channel::from_i32(row.channel).map_or("unknown", Channel::name);
+    let class = match sent.class {
+        AttemptClass::Unknown if !resend => {
+            let why = format!("attempt {}: {}", row.attempt_count, sent.detail);
+            possibly_sent(app, &mut row, &why);
+            writes.rows.push(row);
+            return;
+        }
+        AttemptClass::Unknown => {
+            app.metrics.unknown_outcome(channel, "retried");
+            AttemptClass::Retryable
+        }
+        other => other,
+    };
+    match class {
         AttemptClass::Accepted => {
             row.status = status::SENT.into();
             row.due_at = None;
@@ -1085,5 +1230,6 @@ fn record(app: &App, writes: &mut Writes, mut row: MessageRow, job: &Job, sent: 
             writes.rows.push(row.clone());
             tracing::info!(tenant = %row.tenant_id, message_id = %row.id, status = sent.status_code, "provider refused the message; failed");
         }
+        AttemptClass::Unknown => {}
     }
 }

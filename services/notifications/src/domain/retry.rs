@@ -12,8 +12,12 @@ use chrono::{DateTime, Utc};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttemptClass {
     Accepted,
+    /// Certainly not accepted (a refusal worth another try, or a connection that never opened).
     Retryable,
     Permanent,
+    /// The request may have reached the provider and no answer came (timeout, connection lost after it
+    /// left): it may have been accepted. Retried only when a second try is harmless or the clinic says so.
+    Unknown,
 }
 
 pub fn classify_http(status: u16) -> AttemptClass {

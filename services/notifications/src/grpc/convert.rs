@@ -82,6 +82,9 @@ pub fn settings(s: &SettingsRow) -> api::DeliverySettings {
         help_reply: s.help_reply.clone(),
         default_task_owner_staff_id: s.default_task_owner_staff_id.clone(),
         email_from: s.email_from.clone(),
+        sms_unknown_outcome: s.sms_unknown_outcome,
+        email_unknown_outcome: s.email_unknown_outcome,
+        webhook_unknown_outcome: s.webhook_unknown_outcome,
     }
 }
 
@@ -113,6 +116,7 @@ pub fn status_number(s: &str) -> i32 {
         status::DELIVERED => S::Delivered,
         status::FAILED => S::Failed,
         status::SUPPRESSED => S::Suppressed,
+        status::POSSIBLY_SENT => S::PossiblySent,
         _ => S::Unspecified,
     }) as i32
 }
@@ -128,6 +132,7 @@ pub fn status_names(n: i32) -> Vec<&'static str> {
         Ok(S::Delivered) => vec![status::DELIVERED],
         Ok(S::Failed) => vec![status::FAILED],
         Ok(S::Suppressed) => vec![status::SUPPRESSED],
+        Ok(S::PossiblySent) => vec![status::POSSIBLY_SENT],
         _ => vec![],
     }
 }

@@ -625,6 +625,9 @@ impl NotificationsService for NotificationsServiceApi {
                 "help_reply",
                 "default_task_owner_staff_id",
                 "email_from",
+                "sms_unknown_outcome",
+                "email_unknown_outcome",
+                "webhook_unknown_outcome",
             ],
         )?;
         let mut tx = self.app.pool.begin().await.map_err(Error::from)?;
@@ -705,6 +708,38 @@ impl NotificationsService for NotificationsServiceApi {
                 .into());
             }
             s.email_from = given.email_from;
+        }
+        for (path, value, target) in [
+            (
+                "sms_unknown_outcome",
+                given.sms_unknown_outcome,
+                &mut s.sms_unknown_outcome,
+            ),
+            (
+                "email_unknown_outcome",
+                given.email_unknown_outcome,
+                &mut s.email_unknown_outcome,
+            ),
+            (
+                "webhook_unknown_outcome",
+                given.webhook_unknown_outcome,
+                &mut s.webhook_unknown_outcome,
+            ),
+        ] {
+            if mask_has(&mask, path) {
+                *target = match api::UnknownOutcomePolicy::try_from(value) {
+                    // Unset is the default, at-most-once.
+                    Ok(api::UnknownOutcomePolicy::Unspecified) => settings::AT_MOST_ONCE,
+                    Ok(p) => p as i32,
+                    Err(_) => {
+                        return Err(Error::invalid(
+                            format!("settings.{path}"),
+                            "UNKNOWN_OUTCOME_POLICY_AT_MOST_ONCE or UNKNOWN_OUTCOME_POLICY_AT_LEAST_ONCE",
+                        )
+                        .into());
+                    }
+                };
+            }
         }
         settings::put(&mut tx, &s).await.map_err(Error::from)?;
         tx.commit().await.map_err(Error::from)?;

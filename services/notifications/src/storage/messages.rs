@@ -14,6 +14,8 @@ pub mod status {
     pub const DELIVERED: &str = "delivered";
     pub const FAILED: &str = "failed";
     pub const SUPPRESSED: &str = "suppressed";
+    /// An attempt's outcome is unknown and the channel's policy is at-most-once: not sent again.
+    pub const POSSIBLY_SENT: &str = "possibly_sent";
 }
 
 #[derive(Clone, Debug, Default, sqlx::FromRow)]

@@ -20,6 +20,10 @@ pub struct SettingsRow {
     pub help_reply: String,
     pub default_task_owner_staff_id: String,
     pub email_from: String,
+    /// UnknownOutcomePolicy numbers, per channel (1 at-most-once, 2 at-least-once).
+    pub sms_unknown_outcome: i32,
+    pub email_unknown_outcome: i32,
+    pub webhook_unknown_outcome: i32,
 }
 
 impl SettingsRow {
@@ -38,7 +42,24 @@ impl SettingsRow {
                 .into(),
             default_task_owner_staff_id: String::new(),
             email_from: String::new(),
+            sms_unknown_outcome: AT_MOST_ONCE,
+            email_unknown_outcome: AT_MOST_ONCE,
+            webhook_unknown_outcome: AT_MOST_ONCE,
         }
+    }
+
+    /// Whether the clinic lets `channel` send again after an attempt whose outcome is unknown (when the
+    /// channel cannot make the second try harmless with an idempotency key).
+    pub fn resend_when_unknown(&self, channel: crate::domain::Channel) -> bool {
+        use crate::domain::Channel;
+        let policy = match channel {
+            Channel::Sms => self.sms_unknown_outcome,
+            Channel::Email => self.email_unknown_outcome,
+            Channel::Webhook => self.webhook_unknown_outcome,
+            // Stored or created in our own database: never unknown.
+            Channel::Chat | Channel::Task => AT_LEAST_ONCE,
+        };
+        policy == AT_LEAST_ONCE
     }
 
     pub fn zone(&self) -> Tz {
@@ -87,8 +108,13 @@ impl SettingsRow {
     }
 }
 
+/// UnknownOutcomePolicy numbers.
+pub const AT_MOST_ONCE: i32 = 1;
+pub const AT_LEAST_ONCE: i32 = 2;
+
 const COLUMNS: &str = "tenant_id, time_zone, quiet_hours_start, quiet_hours_end, weekly_cap, cap_deferral_limit_secs, \
-    clinic_name, clinic_phone, help_reply, default_task_owner_staff_id, email_from";
+    clinic_name, clinic_phone, help_reply, default_task_owner_staff_id, email_from, sms_unknown_outcome, \
+    email_unknown_outcome, webhook_unknown_outcome";
 
 pub async fn get(
     conn: &mut PgConnection,
@@ -108,14 +134,17 @@ pub async fn get(
 pub async fn put(conn: &mut PgConnection, s: &SettingsRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO delivery_settings (tenant_id, time_zone, quiet_hours_start, quiet_hours_end, weekly_cap,
-            cap_deferral_limit_secs, clinic_name, clinic_phone, help_reply, default_task_owner_staff_id, email_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            cap_deferral_limit_secs, clinic_name, clinic_phone, help_reply, default_task_owner_staff_id, email_from,
+            sms_unknown_outcome, email_unknown_outcome, webhook_unknown_outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (tenant_id) DO UPDATE SET time_zone = EXCLUDED.time_zone,
             quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end,
             weekly_cap = EXCLUDED.weekly_cap, cap_deferral_limit_secs = EXCLUDED.cap_deferral_limit_secs,
             clinic_name = EXCLUDED.clinic_name, clinic_phone = EXCLUDED.clinic_phone,
             help_reply = EXCLUDED.help_reply, default_task_owner_staff_id = EXCLUDED.default_task_owner_staff_id,
-            email_from = EXCLUDED.email_from, updated_at = now()",
+            email_from = EXCLUDED.email_from, sms_unknown_outcome = EXCLUDED.sms_unknown_outcome,
+            email_unknown_outcome = EXCLUDED.email_unknown_outcome,
+            webhook_unknown_outcome = EXCLUDED.webhook_unknown_outcome, updated_at = now()",
     )
     .bind(&s.tenant_id)
     .bind(&s.time_zone)
@@ -128,6 +157,9 @@ pub async fn put(conn: &mut PgConnection, s: &SettingsRow) -> Result<(), sqlx::E
     .bind(&s.help_reply)
     .bind(&s.default_task_owner_staff_id)
     .bind(&s.email_from)
+    .bind(s.sms_unknown_outcome)
+    .bind(s.email_unknown_outcome)
+    .bind(s.webhook_unknown_outcome)
     .execute(conn)
     .await?;
     Ok(())

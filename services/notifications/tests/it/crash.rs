@@ -1,5 +1,6 @@
 //! The real binary as a child process: a `kill -9` while the provider holds a request leads to one
-//! message (the retry carries the same Idempotency-Key), and nothing personal reaches the logs.
+//! message (the retry carries the same Idempotency-Key), a `kill -9` while one answer of a round is slow
+//! sends none of the others again, and nothing personal reaches the logs.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,7 +17,14 @@ const PHONE: &str = "+447700900987";
 const EMAIL: &str = "quillonia.z@example.com";
 const REPLY: &str = "Could you move me to Thursday afternoon";
 
-fn config_file(env: &TestEnv, sms: &Sink, smtp: &str, dir: &std::path::Path) -> std::path::PathBuf {
+/// The service's config file; `delivery` adds keys to its `[delivery]` section.
+fn config_file(
+    env: &TestEnv,
+    sms: &Sink,
+    smtp: &str,
+    dir: &std::path::Path,
+    delivery: &str,
+) -> std::path::PathBuf {
     let key_file = dir.join("staff.pub.pem");
     std::fs::write(&key_file, &env.auth.keys.public_pem).expect("key file");
     let toml = format!(
@@ -54,6 +62,7 @@ retry_schedule_ms = [0, 200, 200]
 poll_interval_ms = 100
 lease_secs = 60
 request_timeout_ms = 30000
+{delivery}
 "#,
         db = env.db.url,
         nats = env.nats.url(),
@@ -109,7 +118,7 @@ async fn kill_9_mid_send_gives_one_message_and_logs_hold_no_personal_data() {
     .await
     .expect("capture");
     let dir = tempfile::tempdir().expect("dir");
-    let config = config_file(&env, &sms, &capture.smtp_addr.to_string(), dir.path());
+    let config = config_file(&env, &sms, &capture.smtp_addr.to_string(), dir.path(), "");
     let pool = env.db.pool().await;
 
     // The provider holds the first request long enough to kill the service mid-send.
@@ -265,6 +274,134 @@ async fn kill_9_mid_send_gives_one_message_and_logs_hold_no_personal_data() {
         assert!(
             !logs.contains(secret),
             "the logs contain personal data `{secret}`"
+        );
+    }
+}
+
+const SLOW_PHONE: &str = "+447700900111";
+const FAST_PHONE: &str = "+447700900222";
+
+/// One round holds a slow answer and twenty fast ones; the service is killed while the slow one is still
+/// at the provider. The fast answers were recorded as they came, so after the restart only the slow
+/// message is attempted again (with its key): every fast one reached the provider exactly once.
+#[tokio::test]
+async fn kill_9_while_one_answer_is_slow_sends_none_of_the_fast_ones_again() {
+    let env = TestEnv::start().await;
+    let sms = Sink::start().await;
+    let capture = followup_notifications::capture::Capture::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("capture");
+    let dir = tempfile::tempdir().expect("dir");
+    let config = config_file(
+        &env,
+        &sms,
+        &capture.smtp_addr.to_string(),
+        dir.path(),
+        "workers = 1",
+    );
+    let pool = env.db.pool().await;
+    sms.set_slow(SLOW_PHONE, Duration::from_secs(60));
+
+    let mut first = spawn(&config, &dir.path().join("first.log"));
+    wait_ready(&env).await;
+    for (patient, phone) in [("p-slow", SLOW_PHONE), ("p-fast", FAST_PHONE)] {
+        env.publish(
+            &format!("clinic.{TENANT}.patient.upserted"),
+            &PatientUpserted {
+                event_id: new_event_id().to_string(),
+                tenant_id: TENANT.into(),
+                occurred_at: Some(now_timestamp()),
+                patient_id: patient.into(),
+                given_name: "Ana".into(),
+                phone_e164: phone.into(),
+                time_zone: daytime_zone(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // All due at the same instant, so one round claims them together.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let not_before = followup_platform::event::timestamp(at);
+    let mut keys = vec!["slow:0".to_string()];
+    keys.extend((0..20).map(|i| format!("fast:{i}")));
+    for key in &keys {
+        let patient = if key.starts_with("slow") {
+            "p-slow"
+        } else {
+            "p-fast"
+        };
+        let mut request = sms_request(key, patient);
+        // Transactional: twenty to one patient are not held by the weekly cap.
+        request.transactional = true;
+        request.not_before_time = Some(not_before);
+        env.publish(
+            &format!("followup.{TENANT}.scheduler.notification_requested"),
+            &request,
+        )
+        .await;
+    }
+    eventually("all 21 requests reached the provider", || async {
+        (sms.received().len() == 21).then_some(())
+    })
+    .await;
+    eventually(
+        "the 20 fast answers are recorded while the slow one is still out",
+        || {
+            let pool = pool.clone();
+            async move {
+                let sent: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM messages WHERE status = 'sent' AND idempotency_key LIKE 'fast:%'",
+                )
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+                (sent == 20).then_some(())
+            }
+        },
+    )
+    .await;
+    first.kill().expect("kill -9");
+    let _ = first.wait();
+
+    // Restart; fast-forward the slow message's lease instead of waiting for it.
+    sms.clear_slow();
+    sqlx::query("UPDATE messages SET due_at = now() WHERE status = 'sending'")
+        .execute(&pool)
+        .await
+        .expect("lease expired");
+    let mut second = spawn(&config, &dir.path().join("second.log"));
+    eventually("the slow message is sent after the restart", || {
+        let pool = pool.clone();
+        async move {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM messages WHERE idempotency_key = 'slow:0'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (status == "sent").then_some(())
+        }
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+
+    let mut per_key = std::collections::BTreeMap::<String, usize>::new();
+    for r in sms.received() {
+        *per_key.entry(r.header("idempotency-key")).or_default() += 1;
+    }
+    for key in &keys {
+        let expected = if key.starts_with("slow") { 2 } else { 1 };
+        assert_eq!(
+            per_key
+                .get(&format!("{TENANT}:{key}"))
+                .copied()
+                .unwrap_or(0),
+            expected,
+            "requests for {key}: {per_key:?}"
         );
     }
 }

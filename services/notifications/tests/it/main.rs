@@ -5,4 +5,5 @@ mod api;
 mod crash;
 mod delivery;
 mod edges;
+mod once;
 mod support;

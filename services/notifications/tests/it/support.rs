@@ -65,6 +65,8 @@ struct SinkState {
     script: Arc<Mutex<VecDeque<Scripted>>>,
     /// Hold every request this long before answering (a slow provider).
     delay: Arc<Mutex<Duration>>,
+    /// Hold only requests whose body names this text (a recipient) this long.
+    slow: Arc<Mutex<Option<(String, Duration)>>>,
 }
 
 /// A real local HTTP server standing in for the SMS provider and webhook receivers.
@@ -95,7 +97,12 @@ async fn sink_handler(
         });
         received.len()
     };
-    let delay = *state.delay.lock().expect("sink lock");
+    let mut delay = *state.delay.lock().expect("sink lock");
+    if let Some((needle, slow)) = state.slow.lock().expect("sink lock").clone()
+        && String::from_utf8_lossy(&body).contains(&needle)
+    {
+        delay = slow;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -149,6 +156,15 @@ impl Sink {
 
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().expect("sink lock") = delay;
+    }
+
+    /// Holds the requests whose body contains `needle` for `delay`, answering the others at once.
+    pub fn set_slow(&self, needle: &str, delay: Duration) {
+        *self.state.slow.lock().expect("sink lock") = Some((needle.to_string(), delay));
+    }
+
+    pub fn clear_slow(&self) {
+        *self.state.slow.lock().expect("sink lock") = None;
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -396,4 +412,130 @@ pub fn sms_request(key: &str, patient_id: &str) -> NotificationRequested {
         owner_staff_id: "staff-owner".into(),
         ..Default::default()
     }
+}
+
+/// A minimal SMTP server (a real TCP listener speaking enough SMTP for lettre) that takes the first
+/// `hang` messages' DATA and then never answers, as a server or network that lost the reply would; later
+/// messages get `250`. Counts every message whose DATA it received.
+pub struct SmtpStub {
+    pub addr: SocketAddr,
+    pub data: Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmtpStub {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+impl SmtpStub {
+    pub async fn start(hang: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
+        let addr = listener.local_addr().expect("smtp addr");
+        let data = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = data.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 stub ESMTP\r\n").await;
+                    let mut in_data = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if in_data {
+                            if line == "." {
+                                in_data = false;
+                                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                                if n <= hang {
+                                    // Took the message, never says so.
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    return;
+                                }
+                                let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
+                            }
+                            continue;
+                        }
+                        let verb = line
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" | "HELO" => b"250 stub\r\n",
+                            "DATA" => {
+                                in_data = true;
+                                b"354 go ahead\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                return;
+                            }
+                            _ => b"250 ok\r\n",
+                        };
+                        let _ = write.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            data,
+            _task: task,
+        }
+    }
+
+    pub fn received(&self) -> usize {
+        self.data.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The service's Prometheus text, from its admin server.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connects");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
+}
+
+/// The dead-lettered messages so far: (original subject, reason).
+pub async fn dead_letters(env: &TestEnv) -> Vec<(String, String)> {
+    let js = env.nats.jetstream().await;
+    let Ok(mut stream) = js.get_stream("DEADLETTER").await else {
+        return Vec::new();
+    };
+    let count = stream
+        .info()
+        .await
+        .map(|i| i.state.last_sequence)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for sequence in 1..=count {
+        if let Ok(m) = stream.get_raw_message(sequence).await {
+            let header = |name: &str| {
+                m.headers
+                    .get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
+            out.push((
+                header(followup_platform::consumer::DEADLETTER_SUBJECT),
+                header(followup_platform::consumer::DEADLETTER_REASON),
+            ));
+        }
+    }
+    out
 }

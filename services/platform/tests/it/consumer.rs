@@ -235,3 +235,104 @@ async fn an_event_whose_tenant_is_not_the_subjects_is_refused() {
     .await;
     assert_eq!(applied(&platform.pool).await, 0);
 }
+
+/// What a subject can carry that the tenant rules refuse: a character outside the token alphabet, and
+/// one character too many. Each is dead-lettered with the reason, and nothing is applied.
+#[tokio::test]
+async fn an_event_whose_tenant_breaks_the_tenant_rules_is_dead_lettered() {
+    let env = TestEnv::start().await;
+    let platform = platform(&env).await;
+    platform
+        .consume(
+            ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"),
+            Recorder,
+        )
+        .await
+        .unwrap();
+    let long = "t".repeat(followup_proto::subjects::MAX_TENANT_LEN + 1);
+    let js = env.nats.jetstream().await;
+    // Published raw: the platform's own publisher refuses such tenants, a clinic's system may not.
+    for tenant in ["bad~tenant", long.as_str()] {
+        js.send_publish(
+            format!("clinic.{tenant}.patient.upserted"),
+            PublishMessage::build().payload(prost::Message::encode_to_vec(&event(tenant)).into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // A good event behind them is applied: the refusals block nothing.
+    env.publish("clinic.c1.patient.upserted", &event("c1"))
+        .await;
+    let deadletters = js.get_stream("DEADLETTER").await.unwrap();
+    eventually("both bad tenants are dead-lettered", || {
+        let mut deadletters = deadletters.clone();
+        async move { deadletters.info().await.unwrap().state.messages == 2 }
+    })
+    .await;
+    let pool = platform.pool.clone();
+    eventually("the good event is applied", || {
+        let pool = pool.clone();
+        async move { applied(&pool).await == 1 }
+    })
+    .await;
+    for sequence in [1, 2] {
+        let letter = deadletters.get_raw_message(sequence).await.unwrap();
+        let reason = letter
+            .headers
+            .get(DEADLETTER_REASON)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        assert!(reason.contains("breaks the tenant rules"), "{reason}");
+    }
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM applied WHERE tenant_id <> 'c1'"
+        )
+        .await,
+        0
+    );
+}
+
+/// A handler that fails transiently every time: the event is redelivered with backoff up to
+/// `consumer.max_deliveries`, then dead-lettered with the last reason, instead of forever.
+#[tokio::test]
+async fn a_transient_failure_that_never_ends_is_dead_lettered_after_the_limit() {
+    let env = TestEnv::start().await;
+    let mut config = crate::support::config(&env);
+    config.consumer.max_deliveries = 3;
+    let platform =
+        followup_platform::Platform::start(crate::support::INFO, config, &crate::support::MIGRATOR)
+            .await
+            .unwrap();
+    platform
+        .consume(
+            ConsumerSpec::new(CLINIC, "itest-clinic", "clinic.>"),
+            Recorder,
+        )
+        .await
+        .unwrap();
+    env.publish("clinic.c1.stuck.x", &event("c1")).await;
+    let js = env.nats.jetstream().await;
+    let deadletters = js.get_stream("DEADLETTER").await.unwrap();
+    eventually("the stuck event is dead-lettered", || {
+        let mut deadletters = deadletters.clone();
+        async move { deadletters.info().await.unwrap().state.messages == 1 }
+    })
+    .await;
+    let letter = deadletters.get_raw_message(1).await.unwrap();
+    let reason = letter
+        .headers
+        .get(DEADLETTER_REASON)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("gave up after 3 deliveries") && reason.contains("still not"),
+        "{reason}"
+    );
+    let text = platform.metrics.encode();
+    assert!(text.contains("outcome=\"retried\"} 2"), "{text}");
+    assert!(text.contains("outcome=\"dead_lettered\"} 1"), "{text}");
+}

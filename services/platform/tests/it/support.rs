@@ -41,7 +41,7 @@ pub fn event(tenant: &str) -> EventHeader {
 }
 
 /// Records every event it applies; refuses subjects containing `poison`, fails `flaky` ones
-/// transiently the first time they are delivered.
+/// transiently the first time they are delivered and `stuck` ones every time.
 pub struct Recorder;
 
 impl Handler for Recorder {
@@ -52,6 +52,9 @@ impl Handler for Recorder {
         }
         if event.subject.contains("flaky") && event.delivered == 1 {
             return Err(HandlerError::Transient("not yet".into()));
+        }
+        if event.subject.contains("stuck") {
+            return Err(HandlerError::Transient("still not".into()));
         }
         sqlx::query("INSERT INTO applied (tenant_id, event_id, subject) VALUES ($1, $2, $3)")
             .bind(&header.tenant_id)

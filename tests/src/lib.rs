@@ -173,12 +173,6 @@ impl Stack {
                 .await
                 .expect("the cases service starts")
         };
-        let scheduler = {
-            let info = followup_scheduler::INFO;
-            followup_scheduler::Service::build(config(&info, base(&info, &dbs[3])))
-                .await
-                .expect("the scheduler service starts")
-        };
         let (notifications, capture) = {
             let info = followup_notifications::INFO;
             let (sources, capture) =
@@ -189,6 +183,17 @@ impl Stack {
                 .await
                 .expect("the notifications service starts");
             (running, capture)
+        };
+        // After notifications: the scheduler checks a rule's templates there when it is played.
+        let scheduler = {
+            let info = followup_scheduler::INFO;
+            let sources = base(&info, &dbs[3]).set(
+                "notifications.addr",
+                format!("http://{}", notifications.grpc_addr),
+            );
+            followup_scheduler::Service::build(config(&info, sources))
+                .await
+                .expect("the scheduler service starts")
         };
         let addrs = Addrs {
             plans: plans.grpc_addr,
@@ -307,7 +312,7 @@ impl Stack {
             .collect()
     }
 
-    /// The services' handles, in start order (engagement, plans, cases, scheduler, notifications).
+    /// The services' handles, in start order (engagement, plans, cases, notifications, scheduler).
     pub fn running(&self) -> &[Running] {
         &self.running
     }

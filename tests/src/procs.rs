@@ -287,7 +287,6 @@ impl System {
                     None => None,
                 },
             };
-            let config = system.write_config(svc, ports, &options)?;
             let channel = tonic::transport::Endpoint::from_shared(format!(
                 "http://127.0.0.1:{}",
                 ports.grpc
@@ -300,11 +299,17 @@ impl System {
                 svc,
                 Proc {
                     ports,
-                    config,
+                    config: PathBuf::new(),
                     child: None,
                     starts: 0,
                 },
             );
+        }
+        // Every port is chosen before any configuration is written: a service's file names others'.
+        for svc in Svc::ALL {
+            let ports = system.ports(svc);
+            let config = system.write_config(svc, ports, &options)?;
+            system.proc_mut(svc)?.config = config;
         }
         // One at a time: five migrations and stream declarations at once only queue on two cores.
         for svc in Svc::ALL {
@@ -685,7 +690,18 @@ impl System {
                     "poll_interval_ms": 250,
                 },
             }),
-            Svc::Cases | Svc::Scheduler => json!({}),
+            // Playing a rule checks its templates in notifications; previews render there.
+            Svc::Scheduler => json!({
+                "notifications": {
+                    "addr": format!(
+                        "http://127.0.0.1:{}",
+                        self.procs
+                            .get(&Svc::Notifications)
+                            .map_or(0, |p| p.ports.grpc)
+                    ),
+                },
+            }),
+            Svc::Cases => json!({}),
         };
         merge(&mut config, own);
         if let Some(extra) = options.config.get(&svc) {

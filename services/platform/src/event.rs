@@ -37,13 +37,10 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
 }
 
-/// Subjects are `<area>.<tenant>.<event…>`; a tenant id is one subject token.
+/// Subjects are `<area>.<tenant>.<event…>`; a tenant id is one subject token. The rule itself is the
+/// subject table's ([`followup_proto::subjects::validate_tenant`]), so tokens, subjects and consumers agree.
 pub fn is_valid_tenant(tenant: &str) -> bool {
-    !tenant.is_empty()
-        && tenant.len() <= 64
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    followup_proto::subjects::validate_tenant(tenant).is_ok()
 }
 
 /// The tenant token of a subject (`clinic.<tenant>.…`).
